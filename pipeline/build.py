@@ -1,0 +1,199 @@
+"""``stepwise build`` / ``stepwise convert``: from data (and maybe a model) to ``artifacts/``.
+
+Everything is produced in a staging folder inside ``out``; only when the float32 variant
+has passed parity are the files moved into ``out``, the manifest last. An interrupted or
+failed build never leaves a folder that looks complete (``out`` keeps its previous build,
+or has no manifest).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline import convert as conv
+from pipeline.config import BuildConfig
+from pipeline.data import Split, load_training_data, split
+from pipeline.stepmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, StepModel, keras_sequence_outputs
+from pipeline.train import TrainResult, save_history, train
+from runtime import contract as C
+from runtime.errors import DataError, VerificationError
+
+log = logging.getLogger(__name__)
+
+TEST_DATA = "test_data.npz"
+MODEL_FILE = "model.keras"
+STEP_PARITY_TF = 1e-5  # the TensorFlow step model itself, before conversion
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    contract: C.ModelContract
+    out: Path
+    results: dict[str, dict]
+    seconds: float
+
+
+def build_artifacts(cfg: BuildConfig, out: str | os.PathLike, data: str | None = None) -> BuildResult:
+    """The default job: train on ``data`` (or the synthetic set) and package."""
+    t0 = time.monotonic()
+    seqs = load_training_data(data, cfg.data)
+    sp = split(seqs, cfg.data)
+    result = train(sp, cfg.model, cfg.train)
+    return package(result.model, sp, cfg, Path(out), result, t0)
+
+
+def convert_artifacts(model_path: str | os.PathLike, data: str, cfg: BuildConfig,
+                      out: str | os.PathLike) -> BuildResult:
+    """A model trained elsewhere: ``data`` calibrates and verifies; inputs go in as-is."""
+    t0 = time.monotonic()
+    model = load_keras_model(model_path)
+    seqs = load_training_data(data, cfg.data)
+    sp = split(seqs, cfg.data, normalise=False)
+    _check_data_fits(model, sp)
+    return package(model, sp, cfg, Path(out), None, t0)
+
+
+def load_keras_model(path: str | os.PathLike) -> keras.Model:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"model file {path} does not exist")
+    if path.suffix not in (".keras", ".h5"):
+        raise DataError(f"{path}: expected a Keras model file (.keras or .h5)")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # keras raises many types for unreadable files
+        raise DataError(f"{path}: cannot load the Keras model: {type(e).__name__}: {e}") from None
+
+
+def _check_data_fits(model: keras.Model, sp: Split) -> None:
+    _, steps, features = model.inputs[0].shape
+    if features != sp.features:
+        raise DataError(f"{sp.source}: data has {sp.features} features, the model takes {features}")
+    if steps is not None and steps != sp.steps:
+        raise DataError(f"{sp.source}: sequences have {sp.steps} steps, the model takes {steps}")
+
+
+def package(model: keras.Model, sp: Split, cfg: BuildConfig, out: Path,
+            trained: TrainResult | None, t0: float) -> BuildResult:
+    step = StepModel.from_keras(model, cfg.quantize.cell_layout)  # refuses unstreamable models first
+    _check_step_parity(model, step, sp)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        contract, results = _stage(model, step, sp, cfg, stage, trained)
+        _promote(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    seconds = time.monotonic() - t0
+    log.info("build complete in %.1f s: %s (default variant %s)", seconds, out, contract.default_variant)
+    return BuildResult(contract, out, results, seconds)
+
+
+def _check_step_parity(model: keras.Model, step: StepModel, sp: Split) -> None:
+    X = sp.X_test[:64]
+    ref = keras_sequence_outputs(model, X)
+    ys, _, _ = step.rollout(X)
+    err = float(np.abs(ys - ref).max())
+    log.info("step model vs Keras (TensorFlow, before conversion): max |dy| %.2e", err)
+    if err > STEP_PARITY_TF:
+        raise VerificationError(f"step model differs from Keras by {err:.3g} (> {STEP_PARITY_TF}): a stepwise bug")
+
+
+def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
+           trained: TrainResult | None) -> tuple[C.ModelContract, dict]:
+    from pipeline.verify import verify_all
+
+    model.save(stage / MODEL_FILE)
+    (stage / "config.toml").write_text(cfg.to_toml())
+    if trained is not None:
+        save_history(trained, stage / "training_history.json")
+    np.savez(stage / TEST_DATA, X=sp.raw(sp.X_test), y=sp.y_test,
+             feature_names=np.array(sp.feature_names))
+    variants = _convert_variants(step, sp, cfg, stage)
+    contract = _contract(step, sp, variants, default="float32")
+    C.write_contract(contract, stage)
+    results = verify_all(stage, cfg.verify, report=True,
+                         history=trained.history if trained else None)
+    failed_float = results["float32"]["failed"]
+    if failed_float:
+        raise VerificationError("float32 step model failed parity (a stepwise bug): " + "; ".join(failed_float))
+    variants = {v: _with_results(spec, results[v]) for v, spec in contract.variants.items()}
+    passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
+    contract = _contract(step, sp, variants, default="float32" if "float32" in passed else passed[0])
+    C.write_contract(contract, stage)
+    return contract, results
+
+
+def _convert_variants(step: StepModel, sp: Split, cfg: BuildConfig, stage: Path) -> dict[str, C.VariantSpec]:
+    qc = cfg.quantize
+    rng = np.random.default_rng(qc.seed)
+    pick = rng.permutation(len(sp.X_train))[: qc.calibration_sequences]
+    calibration = conv.calibration_inputs(step, sp.X_train[pick], qc.calibration_stream_steps, rng)
+    variants = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = step.save(Path(tmp) / "saved_model")
+        for v in qc.variants:
+            t = time.monotonic()
+            blob = conv.convert(saved, v, calibration)
+            name = f"step_{v}.tflite"
+            (stage / name).write_bytes(blob)
+            log.info("converted %s: %d bytes in %.1f s", v, len(blob), time.monotonic() - t)
+            variants[v] = C.VariantSpec(
+                name=v, file=name, sha256=C.sha256_file(stage / name), bytes=len(blob),
+                tensors=conv.tensor_map(blob), quantization=conv.quantization_summary(blob, v),
+            )
+    return variants
+
+
+def _with_results(spec: C.VariantSpec, figures: dict) -> C.VariantSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, verification=figures, passed=not figures["failed"])
+
+
+def _contract(step: StepModel, sp: Split, variants: dict[str, C.VariantSpec], default: str) -> C.ModelContract:
+    import tensorflow as tf
+
+    from pipeline import __version__
+
+    units = step.units
+    labels = tuple(str(i) for i in range(max(2, units) if step.output_kind == "sigmoid" else units))
+    return C.ModelContract(
+        schema_version=C.SCHEMA_VERSION,
+        tool={"name": "stepwise", "version": __version__, "tensorflow": tf.__version__,
+              "keras": keras.__version__},
+        signature_key=SIGNATURE_KEY,
+        input=C.InputSpec(name=INPUT_NAME, features=sp.features, feature_names=sp.feature_names,
+                          mean=tuple(float(v) for v in sp.mean), std=tuple(float(v) for v in sp.std)),
+        states=tuple(step.states),
+        outputs=(C.OutputSpec(name=OUTPUT_NAME, kind=step.output_kind, units=units, labels=labels),),
+        window=C.WindowSpec(length=sp.steps, reset=f"sliding:{sp.steps}"),
+        variants=variants,
+        default_variant=default,
+    )
+
+
+def _promote(stage: Path, out: Path) -> None:
+    """Move staged files into ``out``: old manifest removed first, new manifest last."""
+    old = out / C.MANIFEST_NAME
+    if old.exists():
+        old.unlink()
+    for item in sorted(stage.iterdir()):
+        if item.name == C.MANIFEST_NAME:
+            continue
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    data = (stage / C.MANIFEST_NAME).read_bytes()
+    C.atomic_write_bytes(out / C.MANIFEST_NAME, data)
+    json.loads(data)  # sanity: what we wrote parses

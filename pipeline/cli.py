@@ -1,0 +1,78 @@
+"""Build-host commands: ``stepwise build``, ``stepwise convert``, ``stepwise verify``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from runtime.errors import VerificationError
+
+_artifacts = click.option("--artifacts", "artifacts", type=click.Path(file_okay=False, path_type=Path),
+                          default=Path("artifacts"), show_default=True, help="Artifacts folder.")
+_out = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"),
+                    show_default=True, help="Where to write the artifacts.")
+_config = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                       default=None, help="TOML file overriding the default configuration.")
+_data = click.option("--data", type=click.Path(dir_okay=False), default=None,
+                     help=".npz (X [m,T,F], y [m]) or .csv sequences with labels.")
+
+
+def _summary(result) -> None:
+    from pipeline.verify import table
+
+    c = result.contract
+    click.echo(table(result.results))
+    for v, f in result.results.items():
+        for line in f["failed"]:
+            click.echo(f"bar missed: {line}")
+    click.echo(f"\nartifacts: {result.out}  (default variant {c.default_variant}, "
+               f"{len(c.states)} state tensors, built in {result.seconds:.0f} s)")
+
+
+@click.command("build")
+@_data
+@_config
+@_out
+def build_cmd(data: str | None, config_path: Path | None, out: Path) -> None:
+    """Train, build the one-step model, convert, quantize, verify and export."""
+    from pipeline.build import build_artifacts
+    from pipeline.config import load_config
+
+    _summary(build_artifacts(load_config(config_path), out, data))
+
+
+@click.command("convert")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(dir_okay=False), required=True,
+              help="Sequences (.npz/.csv with labels) for calibration and verification.")
+@_config
+@_out
+def convert_cmd(model: str, data: str, config_path: Path | None, out: Path) -> None:
+    """Same as build, from an existing trained Keras model (.keras or .h5)."""
+    from pipeline.build import convert_artifacts
+    from pipeline.config import load_config
+
+    _summary(convert_artifacts(model, data, load_config(config_path), out))
+
+
+@click.command("verify")
+@_artifacts
+@_config
+@click.option("--variant", multiple=True, help="Only these variants (default: all).")
+def verify_cmd(artifacts: Path, config_path: Path | None, variant: tuple[str, ...]) -> None:
+    """Re-run the parity and accuracy checks; exit 1 when a bar is missed."""
+    from pipeline.config import load_config
+    from pipeline.verify import table, verify_all
+
+    cfg = load_config(config_path if config_path else _saved_config(artifacts))
+    results = verify_all(artifacts, cfg.verify, variants=list(variant) or None)
+    click.echo(table(results))
+    failed = [line for f in results.values() for line in f["failed"]]
+    if failed:
+        raise VerificationError("bar missed: " + "; ".join(failed))
+    click.echo("all bars passed")
+
+
+def _saved_config(artifacts: Path) -> Path | None:
+    path = artifacts / "config.toml"
+    return path if path.exists() else None

@@ -1,0 +1,165 @@
+"""Build configuration: one typed dataclass per stage, defaults in one place.
+
+An optional TOML file (``--config``) overrides any subset; unknown sections or keys are
+refused by name. The resolved configuration is saved next to the artifacts
+(``config.toml``) so a build can be reproduced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ConfigError
+
+RNN_KINDS = ("lstm", "gru", "simple_rnn")
+CELL_LAYOUTS = ("per_gate", "fused")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The built-in synthetic set (used when no --data is given) and the splits."""
+
+    sequences: int = 4000  # synthetic sequences
+    steps: int = 7  # synthetic window length
+    features: int = 3  # synthetic features
+    noise: float = 0.35
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    min_sequences: int = 20
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "lstm"  # one of RNN_KINDS
+    units: tuple[int, ...] = (32, 16)  # stacked layers; all but the last return sequences
+    dropout: float = 0.0  # Dropout layer between recurrent layers (identity at inference)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 0.005
+    patience: int = 8
+    seed: int = 7
+    verbose: int = 2
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    variants: tuple[str, ...] = ("float32", "int16x8", "int8")
+    # "per_gate": one FULLY_CONNECTED per gate, so each gate pre-activation gets its own
+    # quantization scale; "fused": one matmul for all gates then SPLIT (shared scale).
+    cell_layout: str = "per_gate"
+    calibration_sequences: int = 300
+    calibration_stream_steps: int = 2000  # a long no-reset rollout, so drifted states are covered
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    drift_steps: int = 10_000
+    latency_steps: int = 2000
+    float_max_abs: float = 1e-5
+    int16x8_agreement: float = 0.999
+    int16x8_p99: float = 0.01
+    int8_agreement: float = 0.995
+    int8_p99: float = 0.03
+    int8_max: float = 0.10
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    def to_toml(self) -> str:
+        lines = ["# stepwise build configuration (resolved: every value used by this build)"]
+        for section in dataclasses.fields(self):
+            lines.append(f"\n[{section.name}]")
+            for f in dataclasses.fields(getattr(self, section.name)):
+                lines.append(f"{f.name} = {_toml_value(getattr(getattr(self, section.name), f.name))}")
+        return "\n".join(lines) + "\n"
+
+
+def load_config(path: str | Path | None = None, **overrides: dict[str, Any]) -> BuildConfig:
+    """Defaults, then the TOML file, then ``overrides`` (``{"train": {"epochs": 3}}``)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    cfg = BuildConfig()
+    known = {f.name: f for f in dataclasses.fields(BuildConfig)}
+    for section, values in raw.items():
+        if section not in known:
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(known)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config [{section}] must be a table")
+        cfg = dataclasses.replace(cfg, **{section: _section(getattr(cfg, section), section, values)})
+    _validate(cfg)
+    return cfg
+
+
+def _section(current: Any, name: str, values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(current)}
+    updates = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key '{key}' in [{name}] (known: {', '.join(fields)})")
+        default = getattr(current, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise ConfigError(f"[{name}] {key} must be a list")
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif type(value) is not type(default):
+            raise ConfigError(
+                f"[{name}] {key} must be {type(default).__name__}, got {type(value).__name__} {value!r}"
+            )
+        updates[key] = value
+    return dataclasses.replace(current, **updates)
+
+
+def _validate(cfg: BuildConfig) -> None:
+    if cfg.model.kind not in RNN_KINDS:
+        raise ConfigError(f"[model] kind must be one of {', '.join(RNN_KINDS)}, got {cfg.model.kind!r}")
+    if not cfg.model.units or any(int(u) < 1 for u in cfg.model.units):
+        raise ConfigError("[model] units must list at least one positive layer size")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError("[model] dropout must be in [0, 1)")
+    bad = set(cfg.quantize.variants) - {"float32", "int16x8", "int8"}
+    if bad or "float32" not in cfg.quantize.variants:
+        raise ConfigError("[quantize] variants must include float32 and only float32, int16x8, int8")
+    if cfg.quantize.cell_layout not in CELL_LAYOUTS:
+        raise ConfigError(f"[quantize] cell_layout must be one of {', '.join(CELL_LAYOUTS)}")
+    d = cfg.data
+    if not (0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
+        raise ConfigError("[data] val_fraction and test_fraction must be in (0, 1) and sum below 1")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.learning_rate <= 0:
+        raise ConfigError("[train] epochs, batch_size and learning_rate must be positive")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")

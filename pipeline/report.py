@@ -1,0 +1,100 @@
+"""``artifacts/report/``: report.md with the verification table and PNG plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.verify import table  # noqa: E402
+
+
+def plot_sequences(path: Path, ref: np.ndarray, outputs: dict[str, np.ndarray], count: int = 4) -> None:
+    """Per-step output (unit 0) of ``count`` test sequences: Keras vs each variant."""
+    count = min(count, ref.shape[0])
+    fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3), sharey=True, squeeze=False)
+    steps = np.arange(1, ref.shape[1] + 1)
+    for i, ax in enumerate(axes[0]):
+        ax.plot(steps, ref[i, :, 0], "k-", lw=2.5, label="keras", alpha=0.6)
+        for (name, ys), style in zip(outputs.items(), ("o--", "s:", "^-.")):
+            ax.plot(steps, ys[i, :, 0], style, ms=4, label=name)
+        ax.set_title(f"test sequence {i}")
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("output y[0]")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_errors(path: Path, ref: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+    """Distribution of |dy| per quantized variant (log scale)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, ys in outputs.items():
+        if name == "float32":
+            continue
+        d = np.abs(ys - ref).reshape(-1) + 1e-9
+        ax.hist(d, bins=np.logspace(-9, 0, 60), alpha=0.6, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("|y_variant - y_keras| per step")
+    ax.set_ylabel("steps")
+    ax.legend()
+    ax.set_title("quantization error, every prefix of every test sequence")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_training(path: Path, history: dict[str, list[float]]) -> None:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, ax in (("loss", a), ("accuracy", b)):
+        if key in history:
+            ax.plot(history[key], label="train")
+        if f"val_{key}" in history:
+            ax.plot(history[f"val_{key}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(directory: Path, manifest: dict, results: dict[str, dict],
+                 ref: np.ndarray, outputs: dict[str, np.ndarray], history: dict | None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    plot_sequences(directory / "sequences.png", ref, outputs)
+    plot_errors(directory / "quantization_error.png", ref, outputs)
+    images = ["sequences.png", "quantization_error.png"]
+    if history:
+        plot_training(directory / "training.png", history)
+        images.append("training.png")
+    lines = [
+        "# stepwise build report", "",
+        f"- model: {len(manifest['states'])} state tensors "
+        f"({', '.join(s['name'] + str(s['shape']) for s in manifest['states'])})",
+        f"- input: {manifest['input']['features']} features {manifest['input']['feature_names']}",
+        f"- output: {manifest['outputs'][0]['kind']} x {manifest['outputs'][0]['units']}",
+        f"- default variant: **{manifest['default_variant']}**", "",
+        "## Verification (through the runtime engine, against Keras)", "",
+        "```", table(results), "```", "",
+    ]
+    for v, f in results.items():
+        spec = manifest["variants"][v]
+        lines += [f"### {v}", "",
+                  f"- file `{spec['file']}`, {spec['bytes']} bytes, sha256 `{spec['sha256'][:16]}...`",
+                  f"- bars: {', '.join(f['bars'].values())}",
+                  f"- result: {'pass' if not f['failed'] else 'FAIL: ' + '; '.join(f['failed'])}",
+                  f"- quantization: `{json.dumps(spec['quantization'].get('ops', {}))}`"]
+        micro = spec.get("micro") or {}
+        if micro:
+            lines.append(f"- TFLite Micro: `{json.dumps(micro)}`")
+        lines.append("")
+    lines += [f"![{name}]({name})" for name in images]
+    path = directory / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

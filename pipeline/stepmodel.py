@@ -1,0 +1,147 @@
+"""The one-step model: ``x_t, state_in... -> y_t, state_out...`` with named states.
+
+``StepModel.from_keras`` walks the Keras model's layer chain, rebuilds every layer as a
+one-step cell (``pipeline.cells``/``pipeline.perstep``), and exposes each recurrent
+state as a named signature input (``lstm_h``) with an output twin (``lstm_h_out``).
+``save`` writes a SavedModel whose ``step`` signature keeps those names through the
+TFLite converter.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import cells, perstep
+from pipeline.graph import ChainLayer, layer_chain, refuse
+from runtime.contract import StateSpec
+
+SIGNATURE_KEY = "step"
+INPUT_NAME = "x"
+OUTPUT_NAME = "y"
+
+_FACTORIES = {
+    "LSTM": cells.lstm_cell,
+    "GRU": cells.gru_cell,
+    "SimpleRNN": cells.simple_rnn_cell,
+    "Conv1D": cells.conv1d_cell,
+    "Dense": perstep.dense_cell,
+    "TimeDistributed": perstep.dense_cell,
+    "Activation": perstep.activation_cell,
+    "ReLU": perstep.relu_cell,
+    "LeakyReLU": perstep.leaky_relu_cell,
+    "ELU": perstep.elu_cell,
+    "PReLU": perstep.prelu_cell,
+    "BatchNormalization": perstep.batch_norm_cell,
+    "LayerNormalization": perstep.layer_norm_cell,
+    "Normalization": perstep.normalization_cell,
+    **{k: perstep.identity_cell for k in perstep.IDENTITY},
+}
+
+
+def supported_layers() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def build_cell(cl: ChainLayer, name: str, layout: str) -> cells.Cell:
+    factory = _FACTORIES.get(cl.kind)
+    if factory is None:
+        raise refuse(cl.layer, f"layer type {cl.kind} has no one-step form in stepwise",
+                     f"use supported layers ({', '.join(supported_layers())})")
+    return factory(cl, name, layout)
+
+
+class StepModel(tf.Module):
+    """One step of a Keras model, as plain ops over explicit state tensors."""
+
+    def __init__(self, cell_list: list[cells.Cell], features: int, units: int, output_kind: str):
+        super().__init__(name="stepwise_step")
+        self.cells = cell_list
+        self.features = features
+        self.units = units
+        self.output_kind = output_kind
+        self.states: list[StateSpec] = [
+            StateSpec(name=f"{c.name}_{s.suffix}", input=f"{c.name}_{s.suffix}",
+                      output=f"{c.name}_{s.suffix}_out", shape=s.shape, layer=c.name, kind=s.suffix)
+            for c in cell_list for s in c.states
+        ]
+        sig = [tf.TensorSpec([None, features], tf.float32, name=INPUT_NAME)] + [
+            tf.TensorSpec([None, *s.shape], tf.float32, name=s.input) for s in self.states
+        ]
+        self.step = tf.function(self._step, input_signature=sig, autograph=False)
+
+    @classmethod
+    def from_keras(cls, model: keras.Model, layout: str = "per_gate") -> "StepModel":
+        chain = layer_chain(model)
+        taken: set[str] = set()
+        cell_list = [build_cell(cl, cells.safe_name(cl.layer.name, taken), layout) for cl in chain]
+        features = int(model.inputs[0].shape[-1])
+        units = int(model.outputs[0].shape[-1])
+        return cls(cell_list, features, units, _output_kind(cell_list, units))
+
+    def _step(self, x, *states):
+        it = iter(states)
+        out: dict[str, tf.Tensor] = {}
+        spec_iter = iter(self.states)
+        for cell in self.cells:
+            mine = [next(it) for _ in cell.states]
+            x, new = cell.fn(x, mine)
+            for tensor in new:
+                out[next(spec_iter).output] = tf.identity(tensor)
+        return {OUTPUT_NAME: tf.identity(x), **out}
+
+    def zero_states(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, *s.shape), np.float32) for s in self.states]
+
+    def rollout(self, X: np.ndarray, states: list[np.ndarray] | None = None):
+        """Run ``X`` ``[batch, T, F]`` step by step in TensorFlow.
+
+        Returns ``(ys [batch, T, units], inputs)`` where ``inputs[t]`` is the list of
+        state arrays fed at step t (what calibration needs), and the final states.
+        """
+        states = states if states is not None else self.zero_states(X.shape[0])
+        ys, fed = [], []
+        for t in range(X.shape[1]):
+            fed.append(states)
+            out = self.step(tf.constant(X[:, t, :]), *[tf.constant(s) for s in states])
+            ys.append(out[OUTPUT_NAME].numpy())
+            states = [out[s.output].numpy() for s in self.states]
+        return np.stack(ys, axis=1), fed, states
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        tf.saved_model.save(self, str(directory),
+                            signatures={SIGNATURE_KEY: self.step.get_concrete_function()})
+        return directory
+
+
+def _output_kind(cell_list: list[cells.Cell], units: int) -> str:
+    """sigmoid / softmax / linear, from the last cell that transforms values."""
+    for cell in reversed(cell_list):
+        if cell.activation is None and not cell.states:
+            continue  # dropout, normalisation: not the output's nature
+        return {"sigmoid": "sigmoid", "softmax": "softmax"}.get(cell.activation or "", "linear")
+    return "linear"
+
+
+def keras_sequence_outputs(model: keras.Model, X: np.ndarray) -> np.ndarray:
+    """The Keras model's output after every prefix of ``X`` ``[batch, T, F]``: ``[batch, T, units]``.
+
+    The output at step t of a recurrent layer with ``return_sequences=True`` is what the
+    same layer with ``return_sequences=False`` returns for the prefix ending at t; every
+    other streamable layer acts per step. So the chain is run once, through the model's
+    own Keras layers, with the last recurrent layer returning sequences.
+    """
+    x = tf.constant(X, tf.float32)
+    for cl in layer_chain(model):
+        layer = cl.layer
+        if cl.kind in ("LSTM", "GRU", "SimpleRNN") and not layer.return_sequences:
+            config = layer.get_config() | {"return_sequences": True, "name": layer.name + "_seq"}
+            twin = type(layer).from_config(config)
+            twin.build(x.shape)
+            twin.set_weights(layer.get_weights())
+            layer = twin
+        x = layer(x, training=False)
+    return np.asarray(x, dtype=np.float32)

@@ -1,0 +1,174 @@
+"""Verification: every variant against Keras, through the device's own runtime engine.
+
+Figures per variant (DESIGN section 7):
+- ``parity``: |y_variant - y_keras| over every prefix of every test sequence (max, p99);
+- ``agreement``: share of those steps where the variant's class equals Keras's class;
+- ``accuracy``: final-step class against the labels (and Keras's own, for reference);
+- ``drift``: the same over one long stream with no reset (``drift_steps`` samples);
+- ``latency_us``: median engine step time (informational).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import VerifyConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bar:
+    name: str  # e.g. "int8 agreement"
+    figure: str  # key in the figures dict
+    limit: float
+    higher_is_better: bool
+
+    def passes(self, value: float) -> bool:
+        return value >= self.limit if self.higher_is_better else value <= self.limit
+
+    def describe(self) -> str:
+        return f"{self.figure} {'>=' if self.higher_is_better else '<='} {self.limit:g}"
+
+
+def bars_for(variant: str, cfg: VerifyConfig) -> list[Bar]:
+    if variant == "float32":
+        return [Bar("float32 parity", "max_abs", cfg.float_max_abs, False),
+                Bar("float32 drift parity", "drift_max_abs", cfg.float_max_abs * 10, False)]
+    if variant == "int16x8":
+        return [Bar("int16x8 agreement", "agreement", cfg.int16x8_agreement, True),
+                Bar("int16x8 p99", "p99_abs", cfg.int16x8_p99, False),
+                Bar("int16x8 drift agreement", "drift_agreement", cfg.int16x8_agreement, True),
+                Bar("int16x8 drift p99", "drift_p99_abs", cfg.int16x8_p99, False)]
+    return [Bar("int8 agreement", "agreement", cfg.int8_agreement, True),
+            Bar("int8 p99", "p99_abs", cfg.int8_p99, False),
+            Bar("int8 max", "max_abs", cfg.int8_max, False),
+            Bar("int8 drift agreement", "drift_agreement", cfg.int8_agreement, True),
+            Bar("int8 drift p99", "drift_p99_abs", cfg.int8_p99, False),
+            Bar("int8 drift max", "drift_max_abs", cfg.int8_max, False)]
+
+
+def classes(y: np.ndarray, kind: str) -> np.ndarray:
+    """Class index per output vector ``[..., units]``."""
+    if kind == "sigmoid" and y.shape[-1] == 1:
+        return (y[..., 0] >= 0.5).astype(np.int64)
+    return np.argmax(y, axis=-1)
+
+
+def compare(ref: np.ndarray, got: np.ndarray, kind: str, prefix: str = "") -> dict[str, float]:
+    d = np.abs(got.astype(np.float64) - ref.astype(np.float64)).reshape(-1)
+    return {
+        f"{prefix}max_abs": float(d.max()),
+        f"{prefix}p99_abs": float(np.percentile(d, 99)),
+        f"{prefix}mean_abs": float(d.mean()),
+        f"{prefix}agreement": float(np.mean(classes(ref, kind) == classes(got, kind))),
+        f"{prefix}steps": int(np.prod(ref.shape[:-1])),
+    }
+
+
+def long_stream(X: np.ndarray, steps: int, seed: int) -> np.ndarray:
+    """``[1, steps, F]``: test sequences back to back in a random order, no resets."""
+    rng = np.random.default_rng(seed)
+    order = rng.integers(0, X.shape[0], size=steps // X.shape[1] + 1)
+    return X[order].reshape(1, -1, X.shape[2])[:, :steps].astype(np.float32)
+
+
+def engine_outputs(artifacts: Path, variant: str, X_raw: np.ndarray) -> tuple[np.ndarray, float, str]:
+    """Run raw (un-normalised) sequences ``[m, T, F]`` through the runtime engine.
+
+    Each sequence is one lane of the batch, all lanes start from a reset state, one
+    invoke per step: ``[m, T, units]``. Also returns the median per-step time of a
+    single-lane engine (microseconds) and the backend name.
+    """
+    from runtime.engine import Engine
+
+    m, T, _ = X_raw.shape
+    engine = Engine.load(artifacts, variant=variant, lanes=m, reset="never")
+    ys = np.stack([engine.step_lanes(X_raw[:, t, :]).y.copy() for t in range(T)], axis=1)
+    return ys, _latency_us(artifacts, variant, X_raw), engine.backend
+
+
+def _latency_us(artifacts: Path, variant: str, X_raw: np.ndarray, steps: int = 2000) -> float:
+    from runtime.engine import Engine
+
+    engine = Engine.load(artifacts, variant=variant, lanes=1, reset="never")
+    flat = X_raw.reshape(-1, X_raw.shape[-1])
+    times = np.empty(steps)
+    for i in range(steps):
+        t0 = time.perf_counter()
+        engine.step(flat[i % len(flat)])
+        times[i] = time.perf_counter() - t0
+    return float(np.median(times) * 1e6)
+
+
+def verify_variant(artifacts: Path, variant: str, kind: str, X_raw: np.ndarray, ref: np.ndarray,
+                   stream_raw: np.ndarray, stream_ref: np.ndarray, y_true: np.ndarray,
+                   cfg: VerifyConfig) -> dict:
+    ys, latency, backend = engine_outputs(artifacts, variant, X_raw)
+    figures = compare(ref, ys, kind)
+    stream_ys, _, _ = engine_outputs(artifacts, variant, stream_raw)
+    figures |= compare(stream_ref, stream_ys, kind, prefix="drift_")
+    figures["accuracy"] = float(np.mean(classes(ys[:, -1], kind) == y_true))
+    figures["keras_accuracy"] = float(np.mean(classes(ref[:, -1], kind) == y_true))
+    figures["latency_us"] = latency
+    figures["backend"] = backend
+    failed = [b for b in bars_for(variant, cfg) if not b.passes(figures[b.figure])]
+    figures["bars"] = {b.name: b.describe() for b in bars_for(variant, cfg)}
+    figures["failed"] = [f"{b.name}: {b.figure}={figures[b.figure]:.6g}, bar {b.describe()}" for b in failed]
+    return figures
+
+
+def table(results: dict[str, dict]) -> str:
+    """A fixed-width table of the headline figures, one row per variant."""
+    head = f"{'variant':<9} {'max|dy|':>10} {'p99|dy|':>10} {'agree':>8} {'acc':>7} " \
+           f"{'drift max':>10} {'drift p99':>10} {'drift agr':>9} {'step us':>8}  result"
+    rows = [head, "-" * len(head)]
+    for v, f in results.items():
+        rows.append(
+            f"{v:<9} {f['max_abs']:>10.2e} {f['p99_abs']:>10.2e} {f['agreement'] * 100:>7.2f}% "
+            f"{f['accuracy'] * 100:>6.2f}% {f['drift_max_abs']:>10.2e} {f['drift_p99_abs']:>10.2e} "
+            f"{f['drift_agreement'] * 100:>8.2f}% {f['latency_us']:>8.1f}  "
+            f"{'pass' if not f['failed'] else 'FAIL'}"
+        )
+    return "\n".join(rows)
+
+
+def load_reference(artifacts: Path):
+    """The manifest, the Keras model and the stored test set of a built artifacts folder."""
+    from pipeline.build import MODEL_FILE, TEST_DATA, load_keras_model
+    from runtime.contract import load_contract
+
+    contract = load_contract(artifacts)
+    model = load_keras_model(artifacts / MODEL_FILE)
+    with np.load(artifacts / TEST_DATA, allow_pickle=False) as z:
+        X_raw, y = z["X"].astype(np.float32), z["y"]
+    return contract, model, X_raw, y
+
+
+def verify_all(artifacts: Path, cfg: VerifyConfig, *, report: bool = False,
+               history: dict | None = None, variants: list[str] | None = None) -> dict[str, dict]:
+    """Verify every variant of ``artifacts``; optionally write ``report/``."""
+    from pipeline.stepmodel import keras_sequence_outputs
+
+    artifacts = Path(artifacts)
+    contract, model, X_raw, y = load_reference(artifacts)
+    mean = np.asarray(contract.input.mean, np.float32)
+    std = np.asarray(contract.input.std, np.float32)
+    kind = contract.output.kind
+    ref = keras_sequence_outputs(model, (X_raw - mean) / std)
+    stream_raw = long_stream(X_raw, cfg.drift_steps, seed=0)
+    stream_ref = keras_sequence_outputs(model, (stream_raw - mean) / std)
+    results, outputs = {}, {}
+    for v in variants or list(contract.variants):
+        log.info("verifying %s", v)
+        results[v] = verify_variant(artifacts, v, kind, X_raw, ref, stream_raw, stream_ref, y, cfg)
+        outputs[v] = engine_outputs(artifacts, v, X_raw[:8])[0]
+    if report:
+        from pipeline.report import write_report
+
+        write_report(artifacts / "report", contract.to_dict(), results, ref[:8], outputs, history)
+    return results

@@ -1,0 +1,298 @@
+"""The artifact contract: ``artifacts/manifest.json``.
+
+The pipeline writes it (last, atomically); the runtime and the firmware side read only
+this. Nothing about the model is hard-coded on the device: shapes, names, normalisation,
+quantization parameters and the tensor index map all come from here.
+
+Layout (``schema_version`` 1)::
+
+    {
+      "schema_version": 1,
+      "tool": {"name": "stepwise", "version": "...", "tensorflow": "...", "keras": "..."},
+      "signature_key": "step",
+      "input":  {"name": "x", "features": 3, "feature_names": [...], "dtype": "float32",
+                 "mean": [...], "std": [...]},
+      "states": [{"name": "lstm_h", "input": "lstm_h", "output": "lstm_h_out",
+                  "shape": [32], "dtype": "float32", "layer": "lstm", "kind": "h"}, ...],
+      "outputs": [{"name": "y", "kind": "sigmoid", "units": 1, "labels": ["0", "1"]}],
+      "window": {"length": 7, "reset": "window:7"},
+      "variants": {"float32": {"file": "step_float32.tflite", "sha256": "...", "bytes": 1234,
+                               "quantization": {...}, "tensors": {"x": {...}, ...},
+                               "verification": {...}, "passed": true}, ...},
+      "default_variant": "float32"
+    }
+
+``variants[v].tensors`` maps every signature name (the sample input, each state's input
+and output, each output) to ``{"index", "shape", "dtype", "scale", "zero_point"}`` of
+that variant's model file. ``shape`` there includes the batch axis (1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ContractError, ModelIntegrityError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+VARIANTS = ("float32", "int16x8", "int8")
+OUTPUT_KINDS = ("sigmoid", "softmax", "linear")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The per-sample input: ``[batch, features]`` float32 before normalisation."""
+
+    name: str
+    features: int
+    feature_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One recurrent state tensor, carried from ``output`` back into ``input``.
+
+    ``shape`` excludes the batch axis, e.g. ``[units]`` for an LSTM's h or c.
+    """
+
+    name: str
+    input: str
+    output: str
+    shape: tuple[int, ...]
+    layer: str
+    kind: str  # "h", "c" or "ring" (a causal convolution's input history)
+    dtype: str = "float32"
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    kind: str  # one of OUTPUT_KINDS
+    units: int
+    labels: tuple[str, ...]
+
+    def label_of(self, y) -> str:
+        """Class label for one output vector ``y`` ``[units]``."""
+        if self.kind == "sigmoid" and self.units == 1:
+            return self.labels[1 if float(y[0]) >= 0.5 else 0]
+        best = max(range(self.units), key=lambda i: float(y[i]))
+        return self.labels[best] if best < len(self.labels) else str(best)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor of one variant's model file."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in ("int8", "int16", "uint8") and self.scale > 0.0
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    file: str
+    sha256: str
+    bytes: int
+    tensors: dict[str, TensorSpec]
+    quantization: dict[str, Any] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    passed: bool = True
+    micro: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    length: int | None
+    reset: str
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    schema_version: int
+    tool: dict[str, str]
+    signature_key: str
+    input: InputSpec
+    states: tuple[StateSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    window: WindowSpec
+    variants: dict[str, VariantSpec]
+    default_variant: str
+
+    @property
+    def output(self) -> OutputSpec:
+        return self.outputs[0]
+
+    def variant(self, name: str | None = None) -> VariantSpec:
+        name = name or self.default_variant
+        if name not in self.variants:
+            raise ContractError(
+                f"variant {name!r} is not in the manifest (it has: {', '.join(self.variants)})"
+            )
+        return self.variants[name]
+
+    # -- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelContract":
+        try:
+            version = int(d["schema_version"])
+            if version != SCHEMA_VERSION:
+                raise ContractError(
+                    f"manifest schema_version {version} is not supported "
+                    f"(this stepwise reads {SCHEMA_VERSION})"
+                )
+            inp = d["input"]
+            return cls(
+                schema_version=version,
+                tool=dict(d.get("tool", {})),
+                signature_key=str(d["signature_key"]),
+                input=InputSpec(
+                    name=inp["name"],
+                    features=int(inp["features"]),
+                    feature_names=tuple(inp["feature_names"]),
+                    mean=tuple(float(v) for v in inp["mean"]),
+                    std=tuple(float(v) for v in inp["std"]),
+                    dtype=inp.get("dtype", "float32"),
+                ),
+                states=tuple(
+                    StateSpec(
+                        name=s["name"], input=s["input"], output=s["output"],
+                        shape=tuple(int(v) for v in s["shape"]), layer=s["layer"],
+                        kind=s["kind"], dtype=s.get("dtype", "float32"),
+                    )
+                    for s in d["states"]
+                ),
+                outputs=tuple(
+                    OutputSpec(name=o["name"], kind=o["kind"], units=int(o["units"]),
+                               labels=tuple(str(v) for v in o["labels"]))
+                    for o in d["outputs"]
+                ),
+                window=WindowSpec(length=d["window"].get("length"), reset=d["window"]["reset"]),
+                variants={k: _variant_from_dict(k, v) for k, v in d["variants"].items()},
+                default_variant=str(d["default_variant"]),
+            )
+        except ContractError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise ContractError(f"manifest is malformed: {type(e).__name__}: {e}") from None
+
+
+def _variant_from_dict(name: str, v: dict[str, Any]) -> VariantSpec:
+    return VariantSpec(
+        name=name,
+        file=v["file"],
+        sha256=v["sha256"],
+        bytes=int(v["bytes"]),
+        tensors={
+            k: TensorSpec(index=int(t["index"]), shape=tuple(int(s) for s in t["shape"]),
+                          dtype=t["dtype"], scale=float(t.get("scale", 0.0)),
+                          zero_point=int(t.get("zero_point", 0)))
+            for k, t in v["tensors"].items()
+        },
+        quantization=dict(v.get("quantization", {})),
+        verification=dict(v.get("verification", {})),
+        passed=bool(v.get("passed", True)),
+        micro=dict(v.get("micro", {})),
+    )
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples to lists, recursively, so the JSON is the same after a round trip."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# -- files -------------------------------------------------------------------------
+def load_contract(artifacts: str | os.PathLike) -> ModelContract:
+    """Read ``<artifacts>/manifest.json``."""
+    path = Path(artifacts) / MANIFEST_NAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ContractError(
+            f"no manifest at {path}: run 'stepwise build' (or 'make build') first, "
+            f"or point --artifacts at a folder that has one"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ContractError(f"{path} is not valid JSON: {e}") from None
+    return ModelContract.from_dict(data)
+
+
+def write_contract(contract: ModelContract, artifacts: str | os.PathLike) -> Path:
+    """Write the manifest atomically: temp file, fsync, rename, directory fsync."""
+    path = Path(artifacts) / MANIFEST_NAME
+    atomic_write_bytes(path, contract.to_json().encode())
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_model_bytes(contract: ModelContract, artifacts: str | os.PathLike,
+                     variant: str | None = None) -> bytes:
+    """The variant's model file, refused unless its sha256 matches the manifest."""
+    spec = contract.variant(variant)
+    path = Path(artifacts) / spec.file
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ContractError(f"model file {path} named by the manifest is missing") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec.sha256:
+        raise ModelIntegrityError(
+            f"model file {path} does not match the manifest: sha256 {digest[:16]}... "
+            f"!= {spec.sha256[:16]}... (modified or from another build); rebuild or "
+            f"restore the file"
+        )
+    return data
