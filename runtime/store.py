@@ -1,0 +1,345 @@
+"""The crash-safe state store: checkpoints of the engine's state in ``--state-dir``.
+
+Files in the state directory::
+
+    state.ckpt        the newest checkpoint (format: ``runtime.store_format``)
+    state.ckpt.prev   the one before it (restored if the newest is unreadable)
+    state.ckpt.tmp    a checkpoint being written; a leftover one is removed on restore
+    rejected/         checkpoints that failed a check, as <name>.<reason>.<UTC time>
+    cleared/          checkpoints moved away by ``stepwise state clear``
+
+Crash safety: temp file + fsync + rename + directory fsync. A checkpoint is written
+completely to ``state.ckpt.tmp`` and fsynced before any name points at it; then
+``state.ckpt`` is renamed to ``state.ckpt.prev``, the temp file is renamed to
+``state.ckpt`` and the directory is fsynced. Renames are atomic, so after a power cut at
+any point ``state.ckpt`` is either the complete new file or the previous one (or, between
+the two renames, absent while ``state.ckpt.prev`` holds the previous one); the CRC
+catches anything else. Nothing is ever deleted except leftover temp files: rejected and
+cleared checkpoints are moved aside.
+
+Write failures (ENOSPC, EROFS, EACCES, EIO, ...) are logged and counted and
+``checkpoint`` returns False: the engine keeps serving and the next checkpoint retries.
+All file operations go through ``FileSystem`` so tests can inject faults and power cuts.
+One writer per state directory; not thread-safe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from runtime.contract import StateSpec
+from runtime.errors import ConfigError, StateCorruptError
+from runtime.snapshot import StateSnapshot
+from runtime.store_format import (
+    CheckpointError, check_matches, describe_checkpoint, encode_checkpoint, parse_checkpoint,
+    sha256_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+CURRENT = "state.ckpt"
+PREVIOUS = "state.ckpt.prev"
+TEMP_SUFFIX = ".tmp"
+TEMP = CURRENT + TEMP_SUFFIX
+REJECTED_DIR = "rejected"
+CLEARED_DIR = "cleared"
+
+
+class FileSystem:
+    """The file operations the store uses: the real ones (os.open, os.write, os.fsync...)."""
+
+    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+
+    def write(self, fd: int, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: Path) -> None:
+        os.mkdir(path)
+
+    def exists(self, path: Path) -> bool:
+        return os.path.exists(path)
+
+    def listdir(self, path: Path) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def read_bytes(self, path: Path) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+
+class StateStore:
+    """Persists ``StateSnapshot``s of one model (``model_sha256``, ``states`` in manifest
+    order) in ``state_dir``; ``interval`` seconds between timed checkpoints on ``clock``.
+    ``lanes``, if given, is the lane count a restored checkpoint must have."""
+
+    def __init__(self, state_dir: str | os.PathLike, model_sha256: str,
+                 states: Sequence[StateSpec], interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, fs: FileSystem | None = None,
+                 *, lanes: int | None = None, wall_clock: Callable[[], float] = time.time):
+        if not interval > 0:
+            raise ConfigError(f"checkpoint interval must be > 0 seconds, got {interval}")
+        sha256_bytes(model_sha256)
+        self.state_dir = Path(state_dir)
+        self.model_sha256 = model_sha256.lower()
+        self.states = tuple(states)
+        self.interval = float(interval)
+        self.lanes = lanes
+        self.fs = fs or FileSystem()
+        self._clock = clock
+        self._wall = wall_clock
+        self._last_attempt = clock()
+        self.checkpoints = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.restored_from: Path | None = None
+
+    # -- restore -------------------------------------------------------------------
+    def restore(self) -> StateSnapshot | None:
+        """The newest valid checkpoint for this model, or None (fresh state).
+
+        Unusable checkpoints are logged and moved to ``rejected/``, never loaded."""
+        if not self.fs.exists(self.state_dir):
+            log.info("no state directory %s: starting from fresh state", self.state_dir)
+            return None
+        self._remove_temp_files()
+        for name in (CURRENT, PREVIOUS):
+            snapshot = self._load(name)
+            if snapshot is not None:
+                self.restored_from = self.state_dir / name
+                log.info("restored state from %s: %d samples seen, steps %s",
+                         self.restored_from, snapshot.samples_seen, snapshot.steps.tolist())
+                return snapshot
+        log.info("no valid checkpoint for this model in %s: starting from fresh state",
+                 self.state_dir)
+        return None
+
+    def _load(self, name: str) -> StateSnapshot | None:
+        path = self.state_dir / name
+        try:
+            data = self.fs.read_bytes(path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.error("cannot read checkpoint %s: %s; not using it", path, e)
+            return None
+        try:
+            ckpt = parse_checkpoint(data)
+            check_matches(ckpt, self.model_sha256, self.states, self.lanes)
+        except CheckpointError as e:
+            self._reject(name, e)
+            return None
+        return ckpt.snapshot()
+
+    def _reject(self, name: str, error: CheckpointError) -> None:
+        path = self.state_dir / name
+        try:
+            dest = move_aside(self.fs, self.state_dir, name, error.reason, REJECTED_DIR,
+                              self._wall())
+        except OSError as e:
+            log.error("checkpoint %s rejected (%s) and could not be moved aside (%s); "
+                      "not using it", path, error, e)
+            return
+        log.warning("checkpoint %s rejected (%s): moved to %s", path, error, dest)
+
+    def _remove_temp_files(self) -> None:
+        try:
+            names = self.fs.listdir(self.state_dir)
+        except NotADirectoryError:
+            raise ConfigError(f"state directory {self.state_dir} is not a directory") from None
+        for name in names:
+            if name.endswith(TEMP_SUFFIX):
+                try:
+                    self.fs.unlink(self.state_dir / name)
+                    log.info("removed %s left over by an interrupted checkpoint",
+                             self.state_dir / name)
+                except OSError as e:
+                    log.warning("cannot remove leftover %s: %s (ignored)", name, e)
+
+    # -- checkpoint ----------------------------------------------------------------
+    def due(self, now: float | None = None) -> bool:
+        """True when ``interval`` has passed since the last checkpoint attempt."""
+        now = self._clock() if now is None else now
+        return now - self._last_attempt >= self.interval
+
+    def maybe_checkpoint(self, snapshot_fn: Callable[[], StateSnapshot]) -> bool:
+        """Checkpoint ``snapshot_fn()`` if due (it is not called otherwise); True if written."""
+        if not self.due():
+            return False
+        return self.checkpoint(snapshot_fn())
+
+    def checkpoint(self, snapshot: StateSnapshot) -> bool:
+        """Write ``snapshot`` now. False (logged, counted, never raised) if it fails.
+
+        A snapshot without a timestamp is stamped with the current wall-clock time."""
+        self._last_attempt = self._clock()
+        if not snapshot.timestamp:
+            snapshot = dataclasses.replace(snapshot, timestamp=self._wall())
+        try:
+            data = encode_checkpoint(snapshot, self.model_sha256, self.states)
+        except StateCorruptError as e:
+            return self._failed(f"snapshot not persisted: {e}")
+        try:
+            self._commit(data)
+        except OSError as e:
+            self._discard_temp()
+            return self._failed(f"checkpoint to {self.state_dir / CURRENT} failed: {e}")
+        self.checkpoints += 1
+        self.last_error = None
+        log.debug("checkpoint %d written to %s (%d bytes)", self.checkpoints,
+                  self.state_dir / CURRENT, len(data))
+        return True
+
+    def _commit(self, data: bytes) -> None:
+        """Temp file, write, fsync, rotate, rename, directory fsync."""
+        ensure_dir(self.fs, self.state_dir)
+        tmp, current = self.state_dir / TEMP, self.state_dir / CURRENT
+        fd = self.fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            write_all(self.fs, fd, data)
+            self.fs.fsync(fd)
+        finally:
+            self.fs.close(fd)
+        try:
+            self.fs.replace(current, self.state_dir / PREVIOUS)
+        except FileNotFoundError:
+            pass
+        self.fs.replace(tmp, current)
+        self.fs.fsync_dir(self.state_dir)
+
+    def _discard_temp(self) -> None:
+        try:
+            self.fs.unlink(self.state_dir / TEMP)
+        except OSError:
+            pass
+
+    def _failed(self, message: str) -> bool:
+        self.failures += 1
+        self.last_error = message
+        log.error("%s (failure %d; the engine keeps running, next attempt in %.0f s)",
+                  message, self.failures, self.interval)
+        return False
+
+    # -- inspect and clear ---------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """``describe_state_dir`` for this model, plus this store's counters."""
+        info = describe_state_dir(self.state_dir, models={"this model": self.model_sha256},
+                                  states=self.states, lanes=self.lanes, fs=self.fs,
+                                  now=self._wall())
+        info["store"] = {
+            "checkpoints": self.checkpoints, "failures": self.failures,
+            "last_error": self.last_error, "interval": self.interval,
+            "restored_from": str(self.restored_from) if self.restored_from else None,
+        }
+        return info
+
+    def clear(self) -> list[tuple[Path, Path]]:
+        """Move the checkpoints to ``cleared/`` (never deleted); (from, to) pairs."""
+        self.restored_from = None
+        return clear_state_dir(self.state_dir, fs=self.fs, wall=self._wall())
+
+
+# -- helpers shared with `stepwise state` ---------------------------------------------
+def write_all(fs: FileSystem, fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = fs.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, f"write returned {n}")
+        view = view[n:]
+
+
+def ensure_dir(fs: FileSystem, path: Path) -> None:
+    """Create ``path`` (and parents) durably if missing."""
+    if fs.exists(path):
+        return
+    ensure_dir(fs, path.parent)
+    fs.mkdir(path)
+    fs.fsync_dir(path.parent)
+
+
+def move_aside(fs: FileSystem, state_dir: Path, name: str, reason: str, subdir: str,
+               wall: float) -> Path:
+    """Rename ``state_dir/name`` to ``state_dir/subdir/<name>.<reason>.<UTC time>``."""
+    dest_dir = state_dir / subdir
+    ensure_dir(fs, dest_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall))
+    dest = dest_dir / f"{name}.{reason}.{stamp}"
+    n = 1
+    while fs.exists(dest):
+        dest = dest_dir / f"{name}.{reason}.{stamp}.{n}"
+        n += 1
+    fs.replace(state_dir / name, dest)
+    fs.fsync_dir(dest_dir)
+    fs.fsync_dir(state_dir)
+    return dest
+
+
+def clear_state_dir(state_dir: str | os.PathLike, fs: FileSystem | None = None,
+                    wall: float | None = None) -> list[tuple[Path, Path]]:
+    """Move every checkpoint and temp file of ``state_dir`` to ``cleared/``."""
+    fs, state_dir = fs or FileSystem(), Path(state_dir)
+    if not fs.exists(state_dir):
+        return []
+    wall = time.time() if wall is None else wall
+    moved = []
+    for name in fs.listdir(state_dir):
+        if name in (CURRENT, PREVIOUS) or name.endswith(TEMP_SUFFIX):
+            dest = move_aside(fs, state_dir, name, "cleared", CLEARED_DIR, wall)
+            log.info("moved %s to %s", state_dir / name, dest)
+            moved.append((state_dir / name, dest))
+    return moved
+
+
+def describe_state_dir(state_dir: str | os.PathLike, *, models: Mapping[str, str] | None = None,
+                       states: Sequence[StateSpec] | None = None, lanes: int | None = None,
+                       fs: FileSystem | None = None, now: float | None = None) -> dict[str, Any]:
+    """What is in ``state_dir``, read-only. ``checkpoint`` is the newest readable one;
+    with ``models`` (label -> sha256), each file says whether it matches one of them."""
+    fs, state_dir = fs or FileSystem(), Path(state_dir)
+    info: dict[str, Any] = {"state_dir": str(state_dir), "exists": fs.exists(state_dir),
+                            "checkpoint": None, "files": [], "temp_files": [],
+                            "rejected": [], "cleared": []}
+    if not info["exists"]:
+        return info
+    names = fs.listdir(state_dir)
+    info["temp_files"] = [n for n in names if n.endswith(TEMP_SUFFIX)]
+    for sub in (REJECTED_DIR, CLEARED_DIR):
+        if sub in names:
+            info[sub] = fs.listdir(state_dir / sub)
+    for name in (CURRENT, PREVIOUS):
+        if name in names:
+            try:
+                data = fs.read_bytes(state_dir / name)
+            except OSError as e:
+                data = e
+            entry = {"file": str(state_dir / name),
+                     **describe_checkpoint(data, models, states, lanes, now)}
+            info["files"].append(entry)
+            if info["checkpoint"] is None and entry["valid"]:
+                info["checkpoint"] = entry
+    return info
