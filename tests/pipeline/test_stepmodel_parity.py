@@ -83,7 +83,11 @@ MODELS = {
 
 def _keras_prefixes(model, X):
     """Keras's own output for every prefix length: ``[m, T, units]``."""
-    return np.stack([model.predict(X[:, :t], verbose=0) for t in range(1, X.shape[1] + 1)], axis=1)
+    outs = []
+    for t in range(1, X.shape[1] + 1):
+        y = np.asarray(model(X[:, :t], training=False))
+        outs.append(y[:, -1] if y.ndim == 3 else y)  # per-step outputs: the newest step
+    return np.stack(outs, axis=1)
 
 
 def _tflite_steps(blob, step, X):
