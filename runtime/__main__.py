@@ -1,0 +1,4 @@
+"""``python -m runtime``: the stepwise command line."""
+from runtime.cli import main
+
+main()

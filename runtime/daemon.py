@@ -1,0 +1,232 @@
+"""``stepwise serve``: serial samples in, predictions out, state kept across restarts.
+
+One processing loop in the main thread: take an event from the link (samples arrive on
+pyserial's reader thread into a bounded queue), step the engine, write the JSON line
+(and the reply to the device), checkpoint when due, ping the watchdog. Signals only
+set flags, so the current sample always finishes: SIGTERM/SIGINT -> checkpoint, exit 0;
+SIGHUP -> reopen the output file (log rotation).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from runtime.errors import DataError
+from runtime.replay import prediction_record
+from runtime.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    artifacts: Path
+    port: str
+    baud: int = 115200
+    protocol: str = "text"
+    state_dir: Path = Path("state")
+    checkpoint_interval: float = 60.0
+    reset: str | None = None
+    variant: str | None = None
+    output: Path | None = None  # None: stdout
+    reply: bool = False  # text mode: a "p=... c=..." line back per sample (cobs always replies)
+    status_interval: float = 60.0
+    backend: str | None = None
+
+
+class Output:
+    """JSON lines to a file (reopened on SIGHUP) or to stdout."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._f: TextIO = sys.stdout if path is None else open(path, "a", buffering=1)
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        if self.path is None:
+            self._f.flush()
+
+    def reopen(self) -> None:
+        if self.path is not None:
+            self._f.close()
+            self._f = open(self.path, "a", buffering=1)
+            log.info("output %s reopened", self.path)
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._f.close()
+        else:
+            self._f.flush()
+
+
+class Daemon:
+    def __init__(self, opts: ServeOptions, notifier: Notifier | None = None):
+        from runtime.engine import Engine
+        from runtime.store import StateStore
+
+        self.opts = opts
+        self.notifier = notifier or Notifier()
+        self.engine = Engine.load(opts.artifacts, variant=opts.variant, reset=opts.reset, backend=opts.backend)
+        self.contract = self.engine.contract
+        self.store = StateStore(opts.state_dir, self.engine.model_sha256, self.contract.states,
+                                interval=opts.checkpoint_interval, lanes=self.engine.lanes)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.seq = 0  # explicit resets from the device: the sequence index in the output
+        self._stop = False
+        self._reopen = False
+        self._restore()
+        self._saved_mark = (self.engine.samples_seen, self.seq, sum(self.engine.resets.values()))
+
+    def _restore(self) -> None:
+        snap = self.store.restore()
+        if snap is None:
+            log.info("no checkpoint to restore in %s: fresh state", self.opts.state_dir)
+            return
+        self.engine.restore(snap)
+        self.seq = int(snap.extra.get("seq", 0))
+        log.info("state restored: %d samples seen, sequence %d, steps %s", snap.samples_seen,
+                 self.seq, snap.steps.tolist())
+
+    def _checkpoint_if_changed(self) -> None:
+        """The timer's checkpoint, skipped while nothing changed (no flash wear when idle)."""
+        mark = (self.engine.samples_seen, self.seq, sum(self.engine.resets.values()))
+        if mark != self._saved_mark and self.store.maybe_checkpoint(self.snapshot):
+            self._saved_mark = mark
+
+    def snapshot(self):
+        snap = self.engine.snapshot()
+        snap.extra["seq"] = self.seq
+        return snap
+
+    # -- signals ---------------------------------------------------------------------
+    def _on_stop(self, signum, frame) -> None:
+        self._stop = True
+        log.info("%s received: finishing the current sample", signal.Signals(signum).name)
+
+    def _on_hup(self, signum, frame) -> None:
+        self._reopen = True
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> int:
+        from firmware_bridge.link import Link
+
+        out = Output(self.opts.output)
+        link = Link.open(self.opts.port, self.opts.protocol, self.opts.baud,
+                         feature_names=self.contract.input.feature_names)
+        self.link = link
+        self.notifier.ready(self.status())
+        log.info("serving %s on %s (%s, %s); state in %s", self.engine.variant, self.opts.port,
+                 self.opts.protocol, self.engine.policy, self.opts.state_dir)
+        next_status = time.monotonic() + self.opts.status_interval
+        try:
+            while not self._stop:
+                event = link.get(timeout=0.2)
+                if event is not None:
+                    self.handle(event, out, link)
+                if self._reopen:
+                    self._reopen = False
+                    out.reopen()
+                self._checkpoint_if_changed()
+                self.notifier.watchdog_due()
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + self.opts.status_interval
+                    self.notifier.status(self.status())
+                    log.info("counters: %s", self.status())
+        finally:
+            self.notifier.stopping()
+            ok = self.store.checkpoint(self.snapshot())
+            log.info("shutdown checkpoint %s; %s", "written" if ok else "FAILED", self.status())
+            link.close()
+            out.close()
+        return 0
+
+    def handle(self, event, out: Output, link) -> None:
+        from firmware_bridge.text import Reset, Sample
+
+        if isinstance(event, Reset):
+            self.engine.reset(reason="device")
+            self.seq += 1
+            self.counters["resets"] += 1
+            return
+        if not isinstance(event, Sample):
+            return
+        self.counters["samples"] += 1
+        try:
+            pred = self.engine.step(event.values)
+        except DataError as e:  # NaN/Inf or a wrong shape: never reaches the state
+            self.counters["rejected_sample"] += 1
+            log.warning("sample rejected: %s", e)
+            return
+        self.counters["predictions"] += 1
+        if pred.fault:
+            self.counters["state_faults"] += 1
+        record = prediction_record(self.engine.samples_seen - 1, self.seq, pred)
+        record["t"] = round(time.time(), 6)
+        if event.seq is not None:
+            record["frame"] = event.seq
+        out.write(record)
+        if self.opts.protocol == "cobs" or self.opts.reply:
+            y = pred.y
+            index = int(y[0] >= 0.5) if self.contract.output.kind == "sigmoid" and len(y) == 1 else int(y.argmax())
+            link.write_prediction(y.tolist(), index, pred.label, seq=event.seq)
+
+    def status(self) -> str:
+        link = getattr(self, "link", None)
+        parts = {**self.counters, "checkpoints": self.store.checkpoints,
+                 "checkpoint_failures": self.store.failures}
+        if link is not None:
+            snap = link.counters.snapshot()
+            parts |= {k: v for k, v in snap.items() if isinstance(v, int)}
+            parts |= {f"rejected_{k}": v for k, v in snap.get("rejected", {}).items()}
+        return " ".join(f"{k}={v}" for k, v in sorted(parts.items()))
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("STATE_DIRECTORY", "state").split(":")[0])
+
+
+import click  # noqa: E402  (kept next to the command it defines)
+
+
+@click.command("serve")
+@click.option("--artifacts", default="artifacts", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Built artifacts folder.")
+@click.option("--port", required=True, help="Serial port: a device path or a pyserial URL (loop://, socket://...).")
+@click.option("--baud", default=115200, show_default=True, type=click.IntRange(min=1))
+@click.option("--protocol", default="text", show_default=True, type=click.Choice(["text", "cobs"]))
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Checkpoint folder (default: $STATE_DIRECTORY from systemd, else ./state).")
+@click.option("--checkpoint-interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between state checkpoints.")
+@click.option("--reset", default=None, metavar="POLICY", help="window:N, sliding:N, gap:SECONDS or never "
+              "(default: the manifest's).")
+@click.option("--variant", default=None, help="Model variant (default: the manifest's default_variant).")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON lines file (default: stdout); reopened on SIGHUP.")
+@click.option("--reply/--no-reply", default=False, help="Text protocol: send 'p=... c=...' back per sample.")
+@click.option("--status-interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between counter log lines / systemd STATUS updates.")
+@click.option("--backend", default=None, help="Interpreter package (default: first installed).")
+def serve_cmd(artifacts, port, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
+              status_interval, backend) -> None:
+    """The on-device daemon: samples from a serial port in, one prediction per sample out."""
+    opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
+                        state_dir=state_dir or _default_state_dir(), checkpoint_interval=checkpoint_interval,
+                        reset=reset, variant=variant, output=output, reply=reply,
+                        status_interval=status_interval, backend=backend)
+    daemon = Daemon(opts)
+    daemon.install_signals()
+    sys.exit(daemon.run())
