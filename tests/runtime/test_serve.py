@@ -217,3 +217,58 @@ def _wait_checkpoint(state: Path, samples: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"no checkpoint with {samples} samples in {state}")
+
+
+def test_systemd_ready_watchdog_and_status_over_a_real_notify_socket(tiny_artifacts, tmp_path, stream):
+    import socket
+
+    _, lines, _ = stream
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(TIMEOUT)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"}
+    port = Port(tmp_path / "ttyDEVICE")
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        d = Serve(tiny_artifacts, port.path, tmp_path / "state")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    messages = [sock.recv(4096).decode()]
+    assert messages[0].startswith("READY=1\nSTATUS=") and f"MAINPID={d.proc.pid}" in messages[0]
+    port.send(b"\n" + b"".join(lines[:7]))
+    d.wait_records(7)
+    deadline = time.monotonic() + TIMEOUT
+    while not any("predictions=7" in m for m in messages) and time.monotonic() < deadline:
+        messages.append(sock.recv(4096).decode())
+    assert d.stop() == 0
+    assert messages.count("WATCHDOG=1") >= 2  # from the processing loop, every 0.1 s
+    assert any(m.startswith("STATUS=") and "predictions=7" in m and "samples=7" in m for m in messages)
+
+
+def test_sighup_reopens_the_output_file(tiny_artifacts, tmp_path, stream):
+    _, lines, expected = stream
+    out = tmp_path / "predictions.jsonl"
+    port = Port(tmp_path / "ttyDEVICE")
+    d = Serve(tiny_artifacts, port.path, tmp_path / "state", "--output", str(out))
+    port.send(b"\n" + b"".join(lines[:5]))
+    _wait_lines(out, 5)
+    out.rename(tmp_path / "predictions.jsonl.1")  # what logrotate does
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log("reopened")
+    port.send(b"".join(lines[5:7]))
+    _wait_lines(out, 2)
+    assert d.stop() == 0
+    rotated = [json.loads(x) for x in (tmp_path / "predictions.jsonl.1").read_text().splitlines()]
+    fresh = [json.loads(x) for x in out.read_text().splitlines()]
+    assert _records(rotated + fresh) == expected[:7]
+
+
+def _wait_lines(path: Path, n: int) -> None:
+    end = time.monotonic() + TIMEOUT
+    while time.monotonic() < end:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never reached {n} lines")
