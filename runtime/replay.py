@@ -1,0 +1,139 @@
+"""``stepwise replay``: stream a data file through the device engine, offline.
+
+The same engine the daemon runs, fed from a file instead of a serial port, so its
+figures are the device's figures: ``stepwise verify`` steps through ``replay()`` too.
+
+State and sequences: without ``--reset`` the manifest's default policy applies and the
+state is also reset at the start of every sequence of the file (every sequence of an
+``.npz``; every new value of a ``.csv``'s ``sequence`` column). With ``--reset P`` the
+file is one continuous stream and only ``P`` resets it (``--reset never``: no resets).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import click
+import numpy as np
+
+from runtime.backend import backend_names
+from runtime.datafile import Sequences, read_sequences
+from runtime.errors import DataError
+from runtime.reset import parse_reset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Per sequence i: ``y[i]`` ``[T_i, units]`` float32 and ``steps[i]`` ``[T_i]`` (steps
+    since reset behind each output)."""
+
+    y: tuple[np.ndarray, ...]
+    steps: tuple[np.ndarray, ...]
+
+    def as_array(self) -> np.ndarray:
+        """``[m, T, units]``; all sequences must have the same length."""
+        if len({len(v) for v in self.y}) > 1:
+            raise DataError("sequences have different lengths: use .y per sequence")
+        return np.stack(self.y)
+
+
+def _as_sequences(data: Sequences | np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    if isinstance(data, Sequences):
+        return tuple(data.X)
+    if isinstance(data, np.ndarray) and data.ndim == 2:
+        return (data,)
+    return tuple(np.asarray(x, np.float32) for x in data)
+
+
+def check_features(engine, X: tuple[np.ndarray, ...], names: tuple[str, ...] = (),
+                   source: str = "input") -> tuple[np.ndarray, ...]:
+    """Every sequence ``[T, F]`` with the engine's F; columns named like the manifest's
+    features but in another order are put in the manifest's order."""
+    want = tuple(engine.contract.input.feature_names)
+    for i, x in enumerate(X):
+        if x.ndim != 2 or x.shape[1] != engine.features:
+            got = x.shape[1] if x.ndim == 2 else f"shape {list(x.shape)}"
+            raise DataError(f"{source}: sequence {i} has {got} features per sample, the model "
+                            f"expects {engine.features} ({', '.join(want)})")
+    if not names or tuple(names) == want:
+        return X
+    if sorted(names) == sorted(want):
+        order = [list(names).index(n) for n in want]
+        log.info("%s: columns reordered to the manifest's feature order %s", source, list(want))
+        return tuple(x[:, order] for x in X)
+    if tuple(names) != tuple(f"f{i}" for i in range(len(names))):  # not just unnamed
+        log.warning("%s: columns %s are not the manifest's features %s: taken in file order",
+                    source, list(names), list(want))
+    return X
+
+
+def iter_replay(engine, data: Sequences | np.ndarray | Sequence[np.ndarray],
+                reset_between: bool = True) -> Iterator[tuple[int, int, object]]:
+    """Step ``engine`` through every sample: yields ``(sample index, sequence index,
+    Prediction)``. ``reset_between`` resets the state before each sequence."""
+    names = data.feature_names if isinstance(data, Sequences) else ()
+    source = data.source if isinstance(data, Sequences) and data.source else "input"
+    X = check_features(engine, _as_sequences(data), names, source)
+    i = 0
+    for s, x in enumerate(X):
+        if reset_between:
+            engine.reset(reason="sequence")
+        for row in x:
+            yield i, s, engine.step(row)
+            i += 1
+
+
+def replay(engine, data: Sequences | np.ndarray | Sequence[np.ndarray],
+           reset_between: bool = True) -> ReplayResult:
+    """All outputs of ``iter_replay`` as arrays, one per sequence."""
+    X = _as_sequences(data)
+    units = engine.output.units
+    ys = [np.empty((len(x), units), np.float32) for x in X]
+    steps = [np.empty(len(x), np.int64) for x in X]
+    offsets = np.cumsum([0] + [len(x) for x in X])
+    for i, s, pred in iter_replay(engine, data, reset_between):
+        t = i - offsets[s]
+        ys[s][t] = pred.y
+        steps[s][t] = pred.step
+    return ReplayResult(tuple(ys), tuple(steps))
+
+
+def prediction_record(i: int, seq: int, pred) -> dict:
+    """The JSON object of one output line (DESIGN section 4)."""
+    y = [float(f"{v:.9g}") if math.isfinite(v) else None for v in pred.y.tolist()]
+    return {"i": i, "seq": seq, "step": pred.step, "y": y, "label": pred.label}
+
+
+@click.command("replay")
+@click.option("--artifacts", default="artifacts", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Built artifacts folder.")
+@click.option("--variant", default=None, help="Model variant (default: the manifest's).")
+@click.option("--reset", "reset", default=None, metavar="POLICY",
+              help="window:N, sliding:N, gap:SECONDS or never. Given: the file is one "
+                   "stream reset only by it. Default: the manifest's policy, plus a reset "
+                   "at every sequence of the file.")
+@click.option("--backend", default=None, type=click.Choice(backend_names()),
+              help="Interpreter package (default: first installed, or $STEPWISE_BACKEND).")
+@click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+def replay_cmd(artifacts: Path, variant: str | None, reset: str | None, backend: str | None,
+               input_file: Path) -> None:
+    """Stream INPUT (.npz or .csv) through the runtime; one JSON object per sample."""
+    from runtime.engine import Engine
+
+    if reset is not None:
+        parse_reset(reset)  # a bad policy fails before anything is loaded
+    data = read_sequences(input_file)
+    engine = Engine.load(artifacts, variant=variant, reset=reset, backend=backend)
+    out = sys.stdout
+    for i, seq, pred in iter_replay(engine, data, reset_between=reset is None):
+        out.write(json.dumps(prediction_record(i, seq, pred)) + "\n")
+    out.flush()
+    log.info("replayed %d samples in %d sequence(s) from %s", engine.samples_seen, len(data),
+             input_file)
