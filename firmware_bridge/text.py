@@ -1,0 +1,208 @@
+"""The ``text`` wire protocol (docs/PROTOCOL.md): one line in, one event out, no I/O.
+
+What an Arduino ``Serial.println`` sketch sends: one sample per line, values separated
+by any run of commas, spaces or tabs (``0.1,0.2,0.3``), or ``name:value`` pairs in any
+order (``ax:0.1 ay:0.2 az:0.3``). A header line naming every feature once
+(``az,ax,ay``) sets the column order of the plain lines that follow. Lines starting
+with ``#`` are comments, except ``#reset``, which starts a new sequence. Blank lines
+are ignored.
+
+``TextParser.parse_line(line)`` takes one line without its ``\\n`` (a trailing ``\\r``
+is dropped) and returns a ``Sample``, ``Reset``, ``Header``, ``Comment`` or ``None``
+(blank), or raises ``FrameError`` with one of the reasons in ``REASONS``.
+
+The events ``Sample`` and ``Reset`` are also what ``firmware_bridge.link`` delivers for
+the ``cobs`` protocol.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from runtime.errors import FrameError
+
+MAX_LINE = 1024  # bytes of one line, its "\n" / "\r\n" excluded
+REASONS = ("not_numeric", "field_count", "non_finite", "line_too_long", "unknown_name", "bad_encoding")
+
+_SEPARATORS = re.compile(r"[, \t]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_PAIR_COLON = re.compile(r"[ \t]*:[ \t]*")
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One sample from the device: ``values`` ``[features]`` float32, in manifest order.
+
+    ``seq`` is the frame sequence number (``cobs``; ``None`` for ``text``);
+    ``received`` is ``time.monotonic()`` when the link read it (0.0 from the parser).
+    """
+
+    values: np.ndarray
+    seq: Optional[int] = None
+    received: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reset:
+    """The device asked for a new sequence (``#reset`` line or RESET frame)."""
+
+    seq: Optional[int] = None
+    received: float = 0.0
+
+
+@dataclass(frozen=True)
+class Header:
+    """A header line: the feature names in the order the following lines use."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Comment:
+    """A ``#`` line other than ``#reset`` (text after the ``#``)."""
+
+    text: str
+
+
+Event = Union[Sample, Reset, Header, Comment]
+
+
+@dataclass
+class TextParser:
+    """Parses text lines for a model whose input features are ``feature_names``.
+
+    Stateful only in the column order, which a header line changes; until then the
+    columns are in manifest order.
+    """
+
+    feature_names: Sequence[str]
+    max_line: int = MAX_LINE
+    order: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.feature_names = tuple(self.feature_names)
+        if not self.feature_names:
+            raise ValueError("the text protocol needs at least one feature name")
+        if len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError(f"duplicate feature names: {self.feature_names}")
+        self._index = {name: i for i, name in enumerate(self.feature_names)}
+        self.order = tuple(range(len(self.feature_names)))
+
+    @property
+    def features(self) -> int:
+        return len(self.feature_names)
+
+    def parse_line(self, line: bytes) -> Optional[Event]:
+        """One line (no ``\\n``) -> event, ``None`` for a blank line; raises ``FrameError``."""
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > self.max_line:
+            raise FrameError("line_too_long", f"{len(line)} bytes, at most {self.max_line}")
+        try:
+            text = line.decode("utf-8").strip(" \t")
+        except UnicodeDecodeError as e:
+            raise FrameError("bad_encoding", f"not UTF-8 at byte {e.start}") from None
+        if not text:
+            return None
+        if text.startswith("#"):
+            body = text[1:].strip()
+            return Reset() if body.lower() == "reset" else Comment(body)
+        tokens = [t for t in _SEPARATORS.split(_PAIR_COLON.sub(":", text)) if t]
+        if any(":" in t for t in tokens):
+            return Sample(self._pairs(tokens))
+        if all(_NUMBER.fullmatch(t) for t in tokens):
+            return Sample(self._columns(tokens))
+        return self._header_or_reject(tokens)
+
+    def _columns(self, tokens: list[str]) -> np.ndarray:
+        if len(tokens) != self.features:
+            raise FrameError("field_count", f"{len(tokens)} values, expected {self.features}")
+        values = np.empty(self.features, dtype=np.float64)
+        for column, token in zip(self.order, tokens):
+            values[column] = float(token)
+        return _finite32(values)
+
+    def _pairs(self, tokens: list[str]) -> np.ndarray:
+        values = np.empty(self.features, dtype=np.float64)
+        seen: set[str] = set()
+        for token in tokens:
+            name, sep, value = token.partition(":")
+            if not sep or not name:
+                raise FrameError("field_count", f"{token!r} is not a name:value pair")
+            if name not in self._index:
+                raise FrameError("unknown_name", f"{name!r} is not one of {', '.join(self.feature_names)}")
+            if name in seen:
+                raise FrameError("field_count", f"{name!r} given twice")
+            values[self._index[name]] = _number(value)
+            seen.add(name)
+        if len(seen) != self.features:
+            missing = [n for n in self.feature_names if n not in seen]
+            raise FrameError("field_count", f"missing {', '.join(missing)}")
+        return _finite32(values)
+
+    def _header_or_reject(self, tokens: list[str]) -> Header:
+        """Tokens that are not all numbers: a header, or the reason they are rejected."""
+        if all(t in self._index for t in tokens):
+            if len(tokens) != self.features or len(set(tokens)) != len(tokens):
+                raise FrameError(
+                    "field_count",
+                    f"header names {len(set(tokens))} distinct features, expected {self.features}",
+                )
+            self.order = tuple(self._index[t] for t in tokens)
+            return Header(tuple(tokens))
+        finite_or_not = [t for t in tokens if not _NON_FINITE.fullmatch(t)]
+        for token in finite_or_not:
+            _number(token)  # raises not_numeric for the first token that is no number at all
+        if len(tokens) != self.features:
+            raise FrameError("field_count", f"{len(tokens)} values, expected {self.features}")
+        bad = next(t for t in tokens if _NON_FINITE.fullmatch(t))
+        raise FrameError("non_finite", f"value {bad!r}")
+
+
+def parse_lines(parser: TextParser, lines: Iterable[bytes]) -> list[Union[Event, FrameError]]:
+    """Convenience for tests and replays: parse many lines, errors returned in place."""
+    out: list[Union[Event, FrameError]] = []
+    for line in lines:
+        try:
+            event = parser.parse_line(line)
+        except FrameError as e:
+            out.append(e)
+        else:
+            if event is not None:
+                out.append(event)
+    return out
+
+
+def format_sample(values: Iterable[float]) -> bytes:
+    """A sample line (``\\n`` included) whose values parse back to the same float32."""
+    return (",".join(str(np.float32(v)) for v in values) + "\n").encode("ascii")
+
+
+def format_prediction(outputs: Iterable[float], label: str) -> bytes:
+    """The optional daemon -> device reply line: ``p=<y0>[,<y1>...] c=<label>\\n``."""
+    values = ",".join(f"{float(v):.6g}" for v in outputs)
+    return f"p={values} c={label}\n".encode("utf-8")
+
+
+def _number(token: str) -> float:
+    if _NUMBER.fullmatch(token):
+        return float(token)
+    if _NON_FINITE.fullmatch(token):
+        raise FrameError("non_finite", f"value {token!r}")
+    shown = token if len(token) <= 20 else token[:20] + "..."
+    raise FrameError("not_numeric", f"{shown!r} is not a number")
+
+
+def _finite32(values: np.ndarray) -> np.ndarray:
+    """``[F]`` float64 -> float32; a value beyond float32 (``1e39``) is rejected like ``inf``."""
+    with np.errstate(over="ignore"):
+        out = values.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        where = int(np.flatnonzero(bad)[0])
+        raise FrameError("non_finite", f"feature {where} ({values[where]:g}) is not a finite float32")
+    return out
