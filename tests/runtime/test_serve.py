@@ -143,43 +143,19 @@ def test_every_sample_one_prediction_equal_to_replay_and_garbage_rejected(tiny_a
 
 def test_sigterm_then_restart_equals_an_uninterrupted_run(tiny_artifacts, tmp_path, stream):
     _, lines, expected = stream
-    half = 20
-    port = Port(tmp_path / "ttyDEVICE")
-    first = Serve(tiny_artifacts, port.path, tmp_path / "state")
-    port.send(b"\n")
-    for line in lines[:half]:
-        port.send(line)
-    n_first = sum(1 for line in lines[:half] if not line.startswith(b"#"))
-    first.wait_records(n_first)
+    port, first, n_first = _first_half(tiny_artifacts, tmp_path, lines)
     assert first.stop(signal.SIGTERM) == 0
-    second = Serve(tiny_artifacts, port.path, tmp_path / "state")
-    assert any(f"state restored: {n_first} samples seen" in line for line in second.log)
-    port.send(b"\n")
-    for line in lines[half:]:
-        port.send(line)
-    second.wait_records(len(expected) - n_first)
+    second = _second_half(tiny_artifacts, tmp_path, lines, port, n_first, len(expected))
     assert second.stop(signal.SIGINT) == 0
     assert _records(first.records + second.records) == expected
 
 
 def test_sigkill_then_restart_resumes_from_the_last_checkpoint(tiny_artifacts, tmp_path, stream):
     _, lines, expected = stream
-    half = 20
-    port = Port(tmp_path / "ttyDEVICE")
-    first = Serve(tiny_artifacts, port.path, tmp_path / "state")
-    port.send(b"\n")
-    for line in lines[:half]:
-        port.send(line)
-    n_first = sum(1 for line in lines[:half] if not line.startswith(b"#"))
-    first.wait_records(n_first)
+    port, first, n_first = _first_half(tiny_artifacts, tmp_path, lines)
     _wait_checkpoint(tmp_path / "state", n_first)  # the timer wrote it (0.2 s interval)
     first.stop(signal.SIGKILL)
-    second = Serve(tiny_artifacts, port.path, tmp_path / "state")
-    assert any(f"state restored: {n_first} samples seen" in line for line in second.log)
-    port.send(b"\n")
-    for line in lines[half:]:
-        port.send(line)
-    second.wait_records(len(expected) - n_first)
+    second = _second_half(tiny_artifacts, tmp_path, lines, port, n_first, len(expected))
     assert second.stop() == 0
     assert _records(first.records + second.records) == expected
 
@@ -205,6 +181,32 @@ def test_unplug_and_replug_keeps_state_and_resumes(tiny_artifacts, tmp_path, str
     d.wait_records(len(expected))
     assert d.stop() == 0
     assert _records(d.records) == expected  # state stayed in RAM across the unplug
+
+
+HALF = 20
+
+
+def _first_half(artifacts, tmp_path, lines):
+    """A daemon on a fresh port that has answered the first HALF lines."""
+    port = Port(tmp_path / "ttyDEVICE")
+    daemon = Serve(artifacts, port.path, tmp_path / "state")
+    port.send(b"\n")
+    for line in lines[:HALF]:
+        port.send(line)
+    n_first = sum(1 for line in lines[:HALF] if not line.startswith(b"#"))
+    daemon.wait_records(n_first)
+    return port, daemon, n_first
+
+
+def _second_half(artifacts, tmp_path, lines, port, n_first, total):
+    """A restarted daemon on the same state dir that restored n_first samples and answered the rest."""
+    daemon = Serve(artifacts, port.path, tmp_path / "state")
+    assert any(f"state restored: {n_first} samples seen" in line for line in daemon.log)
+    port.send(b"\n")
+    for line in lines[HALF:]:
+        port.send(line)
+    daemon.wait_records(total - n_first)
+    return daemon
 
 
 def _wait_checkpoint(state: Path, samples: int) -> None:
