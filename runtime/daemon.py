@@ -124,8 +124,9 @@ class Daemon:
         from firmware_bridge.link import Link
 
         out = Output(self.opts.output)
+        # a short write timeout: a board that never reads its replies must not stall the loop
         link = Link.open(self.opts.port, self.opts.protocol, self.opts.baud,
-                         feature_names=self.contract.input.feature_names)
+                         feature_names=self.contract.input.feature_names, write_timeout=0.05)
         self.link = link
         self.notifier.ready(self.status())
         log.info("serving %s on %s (%s, %s); state in %s", self.engine.variant, self.opts.port,
@@ -189,7 +190,7 @@ class Daemon:
                  "checkpoint_failures": self.store.failures}
         if link is not None:
             snap = link.counters.snapshot()
-            parts |= {k: v for k, v in snap.items() if isinstance(v, int)}
+            parts |= {f"link_{k}": v for k, v in snap.items() if isinstance(v, int)}
             parts |= {f"rejected_{k}": v for k, v in snap.get("rejected", {}).items()}
         return " ".join(f"{k}={v}" for k, v in sorted(parts.items()))
 
