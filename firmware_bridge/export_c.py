@@ -257,7 +257,8 @@ typedef struct {
     const uint8_t *sha256;   /* 32 bytes: the model hash to give sw_state_init */
     const char *sha256_hex;
     uint32_t op_count;       /* distinct operators: tflite::MicroMutableOpResolver<op_count> */
-    uint32_t arena_bytes;    /* smallest arena in the build's TFLM check (64-bit host): add a margin; 0: not measured */
+    uint32_t arena_bytes;    /* smallest arena in the build's TFLM check (64-bit host; add a
+                                margin); 0: not measured */
     uint32_t num_tensors;
     const sw_tensor_ref *tensors;        /* every signature name */
     const sw_tensor_ref *input;          /* the sample input */
@@ -278,6 +279,14 @@ _USAGE = """\
  *   v->sha256; size the slots with SW_STATE_SLOT_BYTES(SW_MODEL_STATES_FLOAT_BYTES, ...)."""
 
 
+def _table(decl: str, body: str) -> str:
+    return f"{decl} = {{\n{body}\n}};"
+
+
+def _rows(rows) -> str:
+    return ",\n".join(f"    {{{r}}}" for r in rows)
+
+
 def _model_section(c: ModelContract) -> str:
     inp, states = c.input, c.states
     total = sum(s.size for s in states)
@@ -293,13 +302,14 @@ def _model_section(c: ModelContract) -> str:
              f"#define SW_MODEL_STATES_FLOAT_BYTES {4 * total} /* all states as float32 */",
              f"#define SW_MODEL_NUM_OUTPUTS {len(c.outputs)}",
              f"#define SW_MODEL_OUTPUT_UNITS {c.output.units} /* output 0 */",
+             f"#define SW_MODEL_OUTPUT_KIND SW_OUTPUT_{c_ident(c.output.kind)} /* output 0 */",
              f"#define SW_MODEL_NUM_VARIANTS {len(c.variants)}",
              f"#define SW_MODEL_DEFAULT_VARIANT SW_MODEL_VARIANT_{c_ident(c.default_variant)}"]
-    for prefix, names in (("SW_MODEL_STATE_", [s.name for s in states]), ("SW_MODEL_VARIANT_", list(c.variants))):
+    for prefix, names in (("STATE", [s.name for s in states]), ("VARIANT", list(c.variants))):
         idents = [c_ident(n) for n in names]
         if len(set(idents)) != len(idents):
             raise ContractError(f"names {names} are not distinct as C identifiers {idents}")
-        lines += [f"#define {prefix}{ident} {i}" for i, ident in enumerate(idents)]
+        lines += [f"#define SW_MODEL_{prefix}_{ident} {i}" for i, ident in enumerate(idents)]
     return "\n".join(lines)
 
 
@@ -314,24 +324,25 @@ def _tables_section(c: ModelContract) -> list[str]:
     for s in c.states:
         shape = list(s.shape) + [0] * (_max_rank(c) - len(s.shape))
         names = ", ".join(c_string(v) for v in (s.name, s.input, s.output, s.layer, s.kind))
-        rows.append(f"    {{{names}, {_dtype(s.dtype)}, {len(s.shape)}, "
-                    f"{{{', '.join(map(str, shape))}}}, {s.size}, {offset}}}")
+        rows.append(f"{names}, {_dtype(s.dtype)}, {len(s.shape)}, {{{', '.join(map(str, shape))}}}, "
+                    f"{s.size}, {offset}")
         offset += 4 * s.size
-    out = [f"static const char *const sw_model_feature_names[SW_MODEL_FEATURES] = {{\n"
-           f"{c_array(map(c_string, inp.feature_names))}\n}};"]
-    out += [f"static const float sw_model_{k}[SW_MODEL_FEATURES] = {{\n{c_array(map(c_float, v), per_line=4)}\n}};"
+    out = [_table("static const char *const sw_model_feature_names[SW_MODEL_FEATURES]",
+                  c_array(map(c_string, inp.feature_names)))]
+    out += [_table(f"static const float sw_model_{k}[SW_MODEL_FEATURES]",
+                   c_array(map(c_float, v), per_line=4))
             for k, v in (("mean", inp.mean), ("std", inp.std))]
     if rows:
-        out.append("static const sw_state_info sw_model_states[SW_MODEL_NUM_STATES] = {\n" + ",\n".join(rows) + "\n};")
+        out.append(_table("static const sw_state_info sw_model_states[SW_MODEL_NUM_STATES]", _rows(rows)))
     infos = []
     for i, o in enumerate(c.outputs):
-        labels = "NULL"
+        labels = f"sw_model_output{i}_labels" if o.labels else "NULL"
         if o.labels:
-            labels = f"sw_model_output{i}_labels"
-            out.append(f"static const char *const {labels}[{len(o.labels)}] = {{{', '.join(map(c_string, o.labels))}}};")
-        infos.append(f"    {{{c_string(o.name)}, {c_string(o.kind)}, SW_OUTPUT_{c_ident(o.kind)}, "
-                     f"{o.units}, {len(o.labels)}, {labels}}}")
-    out.append("static const sw_output_info sw_model_outputs[SW_MODEL_NUM_OUTPUTS] = {\n" + ",\n".join(infos) + "\n};")
+            out.append(_table(f"static const char *const {labels}[{len(o.labels)}]",
+                              c_array(map(c_string, o.labels))))
+        infos.append(f"{c_string(o.name)}, {c_string(o.kind)}, SW_OUTPUT_{c_ident(o.kind)}, {o.units}, "
+                     f"{len(o.labels)}, {labels}")
+    out.append(_table("static const sw_output_info sw_model_outputs[SW_MODEL_NUM_OUTPUTS]", _rows(infos)))
     return out
 
 
@@ -346,10 +357,9 @@ def _variant_section(c: ModelContract, spec: VariantSpec, bound: dict[str, Bindi
     """The variant's definitions and its row of ``sw_model_variants``."""
     v, V, names = spec.name, c_ident(spec.name), list(bound)
     arena = int(spec.micro.get("arena_bytes") or 0) if spec.micro.get("runs", True) else 0
-    refs = ",\n".join(f"    {{{c_string(b.name)}, {int(b.side == 'input')}, {b.position}, {b.index}, "
-                      f"{_dtype(b.dtype)}, {c_float(b.scale)}, {b.zero_point}}}" for b in bound.values())
-    at = f"&sw_model_{v}_tensors[{{}}]".format
-    states = ",\n".join(f"    {{{at(names.index(s.input))}, {at(names.index(s.output))}}}" for s in c.states)
+    at = lambda name: f"&sw_model_{v}_tensors[{names.index(name)}]"  # noqa: E731
+    refs = [f"{c_string(b.name)}, {int(b.side == 'input')}, {b.position}, {b.index}, {_dtype(b.dtype)}, "
+            f"{c_float(b.scale)}, {b.zero_point}" for b in bound.values()]
     out = [f"/* ---- variant {v}: {spec.file} ---- */\n"
            f"#define SW_MODEL_{V}_FILE {c_string(spec.file)}\n"
            f"#define SW_MODEL_{V}_BYTES {spec.bytes}\n"
@@ -357,17 +367,18 @@ def _variant_section(c: ModelContract, spec: VariantSpec, bound: dict[str, Bindi
            f"#define SW_MODEL_{V}_OP_COUNT {ops}\n"
            f"#define SW_MODEL_{V}_ARENA_BYTES {arena} /* 0: not measured */\n"
            f"#define SW_MODEL_{V}_NUM_TENSORS {len(names)}",
-           f"static const uint8_t sw_model_{v}_sha256[32] = {{\n"
-           f"{c_array(bytes.fromhex(spec.sha256), '0x{:02x}', 16)}\n}};",
-           f"static const sw_tensor_ref sw_model_{v}_tensors[SW_MODEL_{V}_NUM_TENSORS] = {{\n{refs}\n}};"]
+           _table(f"static const uint8_t sw_model_{v}_sha256[32]",
+                  c_array(bytes.fromhex(spec.sha256), "0x{:02x}", 16)),
+           _table(f"static const sw_tensor_ref sw_model_{v}_tensors[SW_MODEL_{V}_NUM_TENSORS]", _rows(refs))]
     if c.states:
-        out.append(f"static const sw_state_binding sw_model_{v}_states[SW_MODEL_NUM_STATES] = {{\n{states}\n}};")
-    out.append(f"static const sw_tensor_ref *const sw_model_{v}_outputs[SW_MODEL_NUM_OUTPUTS] = {{\n"
-               f"{c_array([at(names.index(o.name)) for o in c.outputs], per_line=1)}\n}};")
-    row = (f"    {{{c_string(v)}, SW_MODEL_{V}_FILE, SW_MODEL_{V}_BYTES, sw_model_{v}_sha256,\n"
+        out.append(_table(f"static const sw_state_binding sw_model_{v}_states[SW_MODEL_NUM_STATES]",
+                          _rows(f"{at(s.input)}, {at(s.output)}" for s in c.states)))
+    out.append(_table(f"static const sw_tensor_ref *const sw_model_{v}_outputs[SW_MODEL_NUM_OUTPUTS]",
+                      c_array([at(o.name) for o in c.outputs], per_line=1)))
+    row = (f"{c_string(v)}, SW_MODEL_{V}_FILE, SW_MODEL_{V}_BYTES, sw_model_{v}_sha256,\n"
            f"     SW_MODEL_{V}_SHA256_HEX, SW_MODEL_{V}_OP_COUNT, SW_MODEL_{V}_ARENA_BYTES,\n"
-           f"     SW_MODEL_{V}_NUM_TENSORS, sw_model_{v}_tensors, {at(names.index(c.input.name))},\n"
-           f"     {f'sw_model_{v}_states' if c.states else 'NULL'}, sw_model_{v}_outputs}}")
+           f"     SW_MODEL_{V}_NUM_TENSORS, sw_model_{v}_tensors, {at(c.input.name)},\n"
+           f"     {f'sw_model_{v}_states' if c.states else 'NULL'}, sw_model_{v}_outputs")
     return out, row
 
 
@@ -378,8 +389,7 @@ def model_header(contract: ModelContract, bindings: dict[str, tuple[dict[str, Bi
         sections, row = _variant_section(contract, spec, *bindings[name])
         parts += sections
         rows.append(row)
-    parts.append("static const sw_variant_info sw_model_variants[SW_MODEL_NUM_VARIANTS] = {\n"
-                 + ",\n".join(rows) + "\n};")
+    parts.append(_table("static const sw_variant_info sw_model_variants[SW_MODEL_NUM_VARIANTS]", _rows(rows)))
     return (f"/* Generated by stepwise {contract.tool.get('version', '')} export-c from manifest.json. "
             f"Do not edit.\n *\n * The step model's contract for firmware (plain C99, also valid C++)."
             f"\n{_USAGE}\n */\n#ifndef STEPWISE_MODEL_H\n#define STEPWISE_MODEL_H\n\n"
@@ -399,7 +409,8 @@ def export_c(contract: ModelContract, artifacts_dir: str | os.PathLike,
         model = read_model_bytes(contract, artifacts_dir, name)
         bindings[name] = (bind_variant(contract, spec, model), read_model_io(model).operator_codes)
         origin = f"{spec.file} (sha256 {spec.sha256})"
-        files[f"{name}_model_data.h"], files[f"{name}_model_data.cc"] = model_data_sources(name, model, origin)
+        files[f"{name}_model_data.h"], files[f"{name}_model_data.cc"] = model_data_sources(
+            name, model, origin)
     files[HEADER_NAME] = model_header(contract, bindings)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

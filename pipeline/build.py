@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -121,16 +121,38 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     variants = _convert_variants(step, sp, cfg, stage)
     contract = _contract(step, sp, variants, default="float32")
     C.write_contract(contract, stage)
+    micro = _micro_check(contract, stage, sp)
+    contract = _contract(step, sp, {v: replace(spec, micro=micro.get(v, {})) for v, spec in variants.items()},
+                         default="float32")
+    C.write_contract(contract, stage)
     results = verify_all(stage, cfg.verify, report=True,
                          history=trained.history if trained else None)
     failed_float = results["float32"]["failed"]
     if failed_float:
         raise VerificationError("float32 step model failed parity (a stepwise bug): " + "; ".join(failed_float))
-    variants = {v: _with_results(spec, results[v]) for v, spec in contract.variants.items()}
+    variants = {v: replace(spec, verification=results[v], passed=not results[v]["failed"])
+                for v, spec in contract.variants.items()}
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
     contract = _contract(step, sp, variants, default="float32" if "float32" in passed else passed[0])
     C.write_contract(contract, stage)
+    from firmware_bridge.export_c import export_c
+
+    export_c(contract, stage)
     return contract, results
+
+
+def _micro_check(contract: C.ModelContract, stage: Path, sp: Split) -> dict[str, dict]:
+    """Each variant through the TFLite Micro interpreter (arena size, parity with the engine)."""
+    from firmware_bridge import micro
+
+    if not micro.micro_available():
+        log.warning("tflite-micro is not installed: the microcontroller check is skipped")
+        return {}
+    found = micro.check_all(contract, stage, sp.raw(sp.X_test[:64]))
+    for v, r in found.items():
+        log.info("TFLite Micro %s: %s", v, f"arena {r.get('arena_bytes')} bytes, max |dy| vs engine "
+                 f"{r.get('max_abs', float('nan')):.2e}" if r.get("runs") else f"cannot run: {r.get('error')}")
+    return found
 
 
 def _convert_variants(step: StepModel, sp: Split, cfg: BuildConfig, stage: Path) -> dict[str, C.VariantSpec]:
@@ -152,12 +174,6 @@ def _convert_variants(step: StepModel, sp: Split, cfg: BuildConfig, stage: Path)
                 tensors=conv.tensor_map(blob), quantization=conv.quantization_summary(blob, v),
             )
     return variants
-
-
-def _with_results(spec: C.VariantSpec, figures: dict) -> C.VariantSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, verification=figures, passed=not figures["failed"])
 
 
 def _contract(step: StepModel, sp: Split, variants: dict[str, C.VariantSpec], default: str) -> C.ModelContract:

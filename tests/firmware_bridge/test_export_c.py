@@ -63,7 +63,8 @@ def test_model_arrays_equal_the_model_files_byte_for_byte(contract, exported, ti
     for v, spec in contract.variants.items():
         model = (tiny_artifacts / spec.file).read_bytes()
         source = (exported / f"{v}_model_data.cc").read_text()
-        body = re.search(rf"alignas\(16\) const unsigned char g_{v}_model_data\[\] = \{{(.*?)\}};", source, re.S)
+        decl = rf"alignas\(16\) const unsigned char g_{v}_model_data\[\] = \{{(.*?)\}};"
+        body = re.search(decl, source, re.S)
         assert bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", body.group(1))) == model
         assert f"const unsigned int g_{v}_model_data_size = {len(model)};" in source
         header = (exported / f"{v}_model_data.h").read_text()
@@ -78,9 +79,11 @@ def test_compiled_arrays_hold_the_model_bytes(contract, exported, tiny_artifacts
         obj = tmp_path / f"{v}.o"
         run(["g++", *CXXFLAGS, "-c", "-o", str(obj), str(exported / f"{v}_model_data.cc")])
         objects.append(str(obj))
-    lines = [f'#include "{v}_model_data.h"' for v in contract.variants] + ["#include <cstdint>", "#include <cstdio>", "int main() {"]
-    lines += [f"  if ((reinterpret_cast<std::uintptr_t>(g_{v}_model_data) & 15u) != 0) return 2;\n"
-              f"  std::fwrite(g_{v}_model_data, 1, g_{v}_model_data_size, stdout);" for v in contract.variants]
+    lines = [f'#include "{v}_model_data.h"' for v in contract.variants]
+    lines += ["#include <cstdint>", "#include <cstdio>", "int main() {"]
+    for v in contract.variants:
+        lines += [f"  if ((reinterpret_cast<std::uintptr_t>(g_{v}_model_data) & 15u) != 0) return 2;",
+                  f"  std::fwrite(g_{v}_model_data, 1, g_{v}_model_data_size, stdout);"]
     (tmp_path / "dump.cc").write_text("\n".join(lines + ["  return 0;", "}"]) + "\n")
     exe = tmp_path / "dump"
     run(["g++", *CXXFLAGS, "-I", str(exported), "-o", str(exe), str(tmp_path / "dump.cc"), *objects])
@@ -92,7 +95,8 @@ def test_compiled_arrays_hold_the_model_bytes(contract, exported, tiny_artifacts
 def test_header_compiles_as_c99_and_cpp(exported, tmp_path, compiler, flags, suffix):
     src = tmp_path / f"use.{suffix}"
     src.write_text('#include "stepwise_model.h"\n#include "stepwise_model.h"\n'
-                   "int main(void) { return (int)sw_model_variants[SW_MODEL_DEFAULT_VARIANT].op_count == 0; }\n")
+                   "int main(void) {\n"
+                   "    return (int)sw_model_variants[SW_MODEL_DEFAULT_VARIANT].op_count == 0;\n}\n")
     run([compiler, *flags, "-I", str(exported), "-o", str(tmp_path / "use"), str(src)])
     assert run([str(tmp_path / "use")]).returncode == 0
 
@@ -105,8 +109,9 @@ def test_header_values_match_the_manifest(contract, exported, tiny_artifacts, tm
                             str(contract.window.length or 0), contract.window.reset,
                             str(list(contract.variants).index(contract.default_variant))]]
     total = sum(s.size for s in contract.states)
-    assert by("sizes") == [[str(v) for v in (inp.features, len(contract.states), total, 4 * total,
-                                             len(contract.outputs), contract.output.units, len(contract.variants))]]
+    sizes = (inp.features, len(contract.states), total, 4 * total, len(contract.outputs),
+             contract.output.units, len(contract.variants))
+    assert by("sizes") == [[str(v) for v in sizes]]
     feats = by("feature")
     assert [f[0] for f in feats] == list(inp.feature_names)
     assert [f32(f[1]) for f in feats] == [np.float32(m) for m in inp.mean]
@@ -138,7 +143,8 @@ def check_variant_records(contract, spec, recs, artifacts: Path) -> None:
         assert int(index) == t.index and order[is_input == "1"][int(position)] == t.index
         assert (int(dtype), f32(scale), int(zp)) == (DTYPE_CODES[t.dtype], np.float32(t.scale), t.zero_point)
     assert [r[2] for r in recs if r[:2] == ["input", v]] == [contract.input.name]
-    assert [r[2:] for r in recs if r[:2] == ["carry", v]] == [[s.name, s.input, s.output] for s in contract.states]
+    carry = [r[2:] for r in recs if r[:2] == ["carry", v]]
+    assert carry == [[s.name, s.input, s.output] for s in contract.states]
     assert [r[2] for r in recs if r[:2] == ["out", v]] == [o.name for o in contract.outputs]
 
 
@@ -152,8 +158,9 @@ def test_awkward_names_values_and_measured_arena_survive_the_round_trip(contract
     variants[first] = dataclasses.replace(variants[first], micro={"runs": True, "arena_bytes": 15504})
     for v in rest:
         variants[v] = dataclasses.replace(variants[v], micro={"runs": False, "error": "op"})
-    odd = dataclasses.replace(contract, input=dataclasses.replace(contract.input, feature_names=names, mean=mean),
-                              window=dataclasses.replace(contract.window, length=None), variants=variants)
+    odd = dataclasses.replace(contract, variants=variants,
+                              input=dataclasses.replace(contract.input, feature_names=names, mean=mean),
+                              window=dataclasses.replace(contract.window, length=None))
     out = tmp_path / "fw"
     export_c(odd, tiny_artifacts, out)
     recs = header_records(out, tmp_path)
@@ -203,7 +210,8 @@ def test_a_manifest_index_the_model_does_not_have_is_refused(contract, tiny_arti
         bind_variant(contract, dataclasses.replace(spec, tensors=tensors), model)
     bad_shape = TensorSpec(index=spec.tensors[state.input].index, shape=(1, state.size + 1), dtype="float32")
     with pytest.raises(ContractError, match="shape"):
-        bind_variant(contract, dataclasses.replace(spec, tensors={**spec.tensors, state.input: bad_shape}), model)
+        tensors = {**spec.tensors, state.input: bad_shape}
+        bind_variant(contract, dataclasses.replace(spec, tensors=tensors), model)
     with pytest.raises(ContractError, match="TFLite"):
         read_model_io(b"\x00" * 64)
 

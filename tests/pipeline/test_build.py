@@ -51,6 +51,18 @@ def test_build_writes_config_report_and_test_set(tiny_artifacts):
     with np.load(tiny_artifacts / "test_data.npz", allow_pickle=False) as z:
         assert z["X"].shape[1:] == (7, 3) and len(z["y"]) == len(z["X"])
     assert list((tiny_artifacts).glob(".staging-*")) == []
+    firmware = tiny_artifacts / "firmware"
+    assert {p.name for p in firmware.iterdir()} >= {
+        "stepwise_model.h", "float32_model_data.h", "float32_model_data.cc", "int8_model_data.cc"}
+
+
+def test_build_records_the_microcontroller_check(tiny_artifacts):
+    m = json.loads((tiny_artifacts / "manifest.json").read_text())
+    for name, v in m["variants"].items():
+        assert v["micro"]["runs"] is True, (name, v["micro"])
+        assert v["micro"]["arena_bytes"] > 1000
+    assert m["variants"]["float32"]["micro"]["max_abs"] <= 1e-5
+    assert "TFLite Micro" in (tiny_artifacts / "report" / "report.md").read_text()
 
 
 def test_verify_passes_and_names_a_missed_bar(tiny_artifacts, tmp_path):
