@@ -90,7 +90,8 @@ class AffineCast:
             info = np.iinfo(dtype)
             self.lo, self.hi = np.float32(info.min), np.float32(info.max)
 
-    def __call__(self, src: np.ndarray) -> np.ndarray:
+    def __call__(self, src: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Cast ``src`` into ``out`` (default: this cast's own buffer) and return it."""
         w = self.work
         np.multiply(src, self.a, out=w)
         np.add(w, self.b, out=w)
@@ -98,8 +99,9 @@ class AffineCast:
             np.rint(w, out=w)
             np.minimum(w, self.hi, out=w)
             np.maximum(w, self.lo, out=w)
-        self.out[...] = w
-        return self.out
+        out = self.out if out is None else out
+        out[...] = w
+        return out
 
     @classmethod
     def between(cls, src: BoundTensor, dst: BoundTensor, shape: tuple[int, ...]) -> "AffineCast":
@@ -132,10 +134,36 @@ class LoadedModel:
     model: bytes = b""  # kept alive for the interpreter's lifetime
 
     def resize(self, lanes: int) -> None:
-        """Give every signature input a batch axis of ``lanes`` and allocate."""
+        """Give every signature input a batch axis of ``lanes`` and allocate.
+
+        Call it before taking any ``view``: the interpreter refuses to reallocate while
+        views of its buffers exist."""
         for t in self.inputs.values():
             self.interpreter.resize_tensor_input(t.index, [lanes, *t.shape], strict=False)
         self.interpreter.allocate_tensors()
+
+    def view(self, t: BoundTensor) -> np.ndarray:
+        """A numpy array on ``t``'s own buffer in the interpreter (no copy): writing it
+        sets the tensor, reading it after an invoke reads the output."""
+        return self.interpreter.tensor(t.index)()
+
+    def pinned_invoke(self, views: list[tuple[BoundTensor, np.ndarray]]) -> Callable[[], None]:
+        """The invoke to use while ``views`` are held.
+
+        The public ``Interpreter.invoke`` refuses to run while any view exists, because
+        an interpreter with dynamic tensors may move its buffers during an invoke. The
+        step models' tensors all have static shapes, which this checks: it invokes once
+        and requires every buffer to be where its view points. Then the wrapper's own
+        ``Invoke`` (what ``invoke`` calls after its check) is returned.
+        """
+        raw = self.interpreter._interpreter.Invoke
+        raw()
+        for t, v in views:
+            now = self.interpreter.tensor(t.index)()
+            if now.ctypes.data != v.ctypes.data or now.shape != v.shape:
+                raise ContractError(f"tensor {t.name!r} moved to another buffer during an "
+                                    "invoke: the step model must have static shapes")
+        return raw
 
 
 def backend_names() -> tuple[str, ...]:

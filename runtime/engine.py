@@ -5,8 +5,9 @@ model's sample input, invokes once, and copies every state output back into its 
 input (by name; dequantized and requantized when the two sides are quantized
 differently). Several independent streams are lanes of the batch axis: one invoke per
 step whatever their number. The state lives in the interpreter's input tensors; the
-step's own buffers are allocated once, at load (``get_tensor`` copies of the outputs,
-a few floats each, are cheaper than holding ``tensor()`` views).
+step works on numpy views of the interpreter's own tensor buffers, taken once at load:
+the sample is normalised straight into the input tensor, and each state output is copied
+into its input with one assignment; nothing is allocated per step but the prediction.
 
 Non-finite values never enter or leave the state: a NaN/Inf sample is rejected before
 anything is written (``DataError`` from ``step``, a ``rejected`` lane from
@@ -30,6 +31,14 @@ from runtime.reset import ResetPolicy, ResetSchedule, parse_reset
 from runtime.snapshot import StateSnapshot
 
 log = logging.getLogger(__name__)
+
+# Every float state output is checked for NaN/Inf after this many steps, after any step
+# whose output is non-finite, and before every snapshot. The output is checked every step:
+# in the recurrent cells a NaN in any state reaches the output in the same step (an LSTM's
+# c cannot become infinite from finite values: |c| grows by at most 1 per step), so a
+# state goes non-finite unseen for at most this many steps only where an activation is
+# unbounded (a ReLU SimpleRNN overflowing to +inf under a saturated sigmoid head).
+STATE_CHECK_EVERY = 16
 
 
 @dataclass(slots=True)
@@ -90,6 +99,8 @@ class _State:
     cast: AffineCast | None  # None: the stored values are copied as they are
     zero: np.ndarray
     check: bool  # a float output: look for NaN/Inf after each step
+    vin: np.ndarray  # views on the interpreter's buffers, [lanes, *shape]
+    vout: np.ndarray
 
 
 class Engine:
@@ -142,8 +153,6 @@ class Engine:
 
     def _bind(self, contract: ModelContract, model: LoadedModel) -> None:
         model.resize(self.lanes)
-        it = model.interpreter
-        self._set, self._get, self._invoke = it.set_tensor, it.get_tensor, it.invoke
         inp = contract.input
         std = np.asarray(inp.std, np.float32)
         if len(inp.mean) != inp.features or std.shape != (inp.features,) or not np.all(std > 0):
@@ -152,16 +161,25 @@ class Engine:
         self._mean = np.asarray(inp.mean, np.float32)
         self._std = std
         self._x = model.inputs[inp.name]
-        self._xbuf = np.zeros((self.lanes, inp.features), np.float32)
+        self._xv = model.view(self._x)
+        shape = (self.lanes, inp.features)
+        self._xq = AffineCast.between(_REAL, self._x, shape) if self._x.quantized else None
+        # the normalised sample: straight into the input tensor unless it is quantized
+        self._xbuf = self._xv if self._xq is None else np.zeros(shape, np.float32)
         self._xrow = self._xbuf[0] if self.lanes == 1 else self._xbuf
-        self._xq = AffineCast.between(_REAL, self._x, self._xbuf.shape) \
-            if self._x.quantized else None
         self._y = model.outputs[contract.output.name]
+        self._yv = model.view(self._y)
         self._out = contract.output
         self._ydq = AffineCast.between(self._y, _REAL, (self.lanes, *self._y.shape)) \
             if self._y.quantized else None
+        self._ycheck = self._ydq is None
         self._states = [self._state_for(s, model) for s in contract.states]
-        self._plan = [(s.tout.index, s.check, s.cast, s.tin.index) for s in self._states]
+        self._carry = [(s.vin, s.vout, s.cast) for s in self._states]
+        views = [(self._x, self._xv), (self._y, self._yv)]
+        views += [v for s in self._states for v in ((s.tin, s.vin), (s.tout, s.vout))]
+        self._invoke = model.pinned_invoke(views)
+        self._countdown = STATE_CHECK_EVERY  # step_lanes' count to the next state check
+        self._step_one = self._compile_step()
 
     def _state_for(self, spec: StateSpec, model: LoadedModel) -> _State:
         tin, tout = model.inputs[spec.input], model.outputs[spec.output]
@@ -176,7 +194,8 @@ class Engine:
             log.debug("state %s: %s -> %s carried %s", spec.name, tout.name, tin.name,
                       "as stored" if cast is None else "requantized")
         zero = tin.to_raw(np.zeros((), np.float32), np.zeros((), tin.dtype))
-        return _State(spec, tin, tout, cast, zero, check=tout.dtype.kind == "f")
+        return _State(spec, tin, tout, cast, zero, check=tout.dtype.kind == "f",
+                      vin=model.view(tin), vout=model.view(tout))
 
     @property
     def features(self) -> int:
@@ -195,7 +214,7 @@ class Engine:
         """One sample ``[F]`` of the single stream -> ``Prediction`` (``[lanes, F]`` goes to
         ``step_lanes``). ``t`` is the sample's unix time for ``gap:`` (default: now).
         Raises ``DataError`` for a wrong shape or a NaN/Inf sample (state unchanged)."""
-        x = np.asarray(sample, np.float32)
+        x = sample if type(sample) is np.ndarray else np.asarray(sample, np.float32)
         if x.shape != self._mean.shape:
             if x.ndim == 2:
                 return self.step_lanes(x, t=t)
@@ -203,29 +222,64 @@ class Engine:
                             f"features ({', '.join(self.contract.input.feature_names)})")
         if self.streams != 1:
             raise DataError(f"this engine runs {self.streams} lanes: use step_lanes")
-        row = self._xrow
-        np.subtract(x, self._mean, out=row)
-        np.divide(row, self._std, out=row)
-        if not math.isfinite(np.vdot(row, row)) and not np.isfinite(row).all():
-            self.rejected += 1
-            raise DataError(f"sample {x.tolist()} has NaN/Inf values: rejected, state unchanged")
-        sched = self.schedule
-        reason, lane = None, 0
-        if self.lanes > 1:  # sliding: same sample in every lane, one lane restarts
-            cleared, lane = sched.sliding_turn()
-            self._clear([cleared])
-        elif sched.due(t):
-            reason = self.policy.kind
-            self._reset_lanes([0], reason)
-        bad = self._run(None)
-        sched.steps += 1
-        self.samples_seen += 1
-        pred = Prediction(self._read_y()[lane], int(sched.steps[lane]), 0, int(sched.seq[lane]),
-                          self._out, reason)
-        if bad:
-            self._reset_lanes(bad, "nonfinite")
-            pred.fault = "nonfinite_state" if lane in bad else None
-        return pred
+        return self._step_one(x, t)
+
+    def _compile_step(self):
+        """The single-stream step as a closure over everything it touches (the per-sample
+        path: no attribute lookups, one numpy call per buffer)."""
+        subtract, divide, vdot, isfinite = np.subtract, np.divide, np.vdot, math.isfinite
+        mean, std, row, first = self._mean, self._std, self._xrow, self._xbuf[0]
+        xq, xbuf, xv, invoke = self._xq, self._xbuf, self._xv, self._invoke
+        plain = tuple((s.vin, s.vout) for s in self._states if s.cast is None)
+        casts = tuple((s.vin, s.vout, s.cast) for s in self._states if s.cast is not None)
+        zeros = tuple((s.vin, s.zero) for s in self._states)
+        sched, out, yv, ydq = self.schedule, self._out, self._yv, self._ydq
+        steps, seq, timed, sliding = sched.steps, sched.seq, sched.timed, self.lanes > 1
+        ycheck, every = ydq is None, STATE_CHECK_EVERY
+        add, ones = np.add, np.ones_like(steps)
+        countdown = every
+
+        def step(x: np.ndarray, t: float | None) -> Prediction:
+            nonlocal countdown
+            subtract(x, mean, out=row)  # [F], or [lanes, F] under sliding: every lane
+            divide(row, std, out=row)
+            if not isfinite(vdot(first, first)) and not np.isfinite(first).all():
+                self.rejected += 1
+                raise DataError(f"sample {x.tolist()} has NaN/Inf values: rejected, state unchanged")
+            reason, lane = None, 0
+            if sliding:  # one lane restarts; the one that has seen the window is read
+                cleared, lane = sched.sliding_turn()
+                for vin, zero in zeros:
+                    vin[cleared] = zero
+            elif timed and sched.due(t):
+                reason = self.policy.kind
+                self._reset_lanes([0], reason)
+            if xq is not None:
+                xq(xbuf, out=xv)
+            invoke()
+            for vin, vout in plain:
+                vin[...] = vout
+            for vin, vout, cast in casts:
+                cast(vout, out=vin)
+            if sliding:
+                add(steps, ones, out=steps)
+                n = steps.item(lane)
+            else:
+                n = steps.item(0) + 1
+                steps[0] = n
+            self.samples_seen += 1
+            y = yv[lane].copy() if ycheck else ydq(yv)[lane].copy()
+            pred = Prediction(y, n, 0, seq.item(lane), out, reason)
+            countdown -= 1
+            if countdown <= 0 or (ycheck and not isfinite(vdot(y, y))):
+                countdown = every
+                bad = self._nonfinite_lanes(None)
+                if bad:
+                    self._reset_lanes(bad, "nonfinite")
+                    pred.fault = "nonfinite_state" if lane in bad else None
+            return pred
+
+        return step
 
     def step_lanes(self, X, active=None, t=None) -> LanePredictions:
         """One sample per lane ``X`` ``[lanes, F]``, one invoke. Lanes where ``active``
@@ -249,53 +303,43 @@ class Engine:
         due = self.schedule.due(t, mask)
         if due:
             self._reset_lanes(due, self.policy.kind)
-        bad = self._run(None if mask.all() else mask)
+        if self._xq is not None:
+            self._xq(xb, out=self._xv)
+        self._invoke()
+        everyone = bool(mask.all())
+        for s in self._states:
+            src = s.vout if s.cast is None else s.cast(s.vout)
+            if everyone:
+                s.vin[...] = src
+            else:
+                np.copyto(s.vin, src, where=mask.reshape((-1,) + (1,) * len(s.spec.shape)))
         self.schedule.steps[mask] += 1
         self.samples_seen += int(mask.sum())
         y = self._read_y()
         y[~mask] = np.nan
         faults = np.zeros(self.lanes, bool)
+        self._countdown -= 1
+        bad = []
+        if self._countdown <= 0 or (self._ycheck and not np.isfinite(y[mask]).all()):
+            self._countdown = STATE_CHECK_EVERY
+            bad = self._nonfinite_lanes(mask)
         if bad:
             faults[bad] = True
             self._reset_lanes(bad, "nonfinite")
         return LanePredictions(y, self.schedule.steps.copy(), self.schedule.seq.copy(), mask,
                                rejected, faults, self._out)
 
-    def _run(self, mask: np.ndarray | None) -> list[int]:
-        """Write the sample, invoke, carry the states of ``mask`` lanes (all if None).
-        Returns the stepped lanes whose new state is non-finite (usually none)."""
-        xq = self._xq
-        self._set(self._x.index, self._xbuf if xq is None else xq(self._xbuf))
-        self._invoke()
-        finite = True
-        get, set_tensor = self._get, self._set
-        if mask is None:
-            vdot, isfinite = np.vdot, math.isfinite
-            for out_index, check, cast, in_index in self._plan:
-                out = get(out_index)
-                if check and not isfinite(vdot(out, out)):
-                    finite = False  # (or an overflow of the sum of squares: looked at below)
-                set_tensor(in_index, out if cast is None else cast(out))
-        else:
-            for s in self._states:
-                out = get(s.tout.index)
-                finite &= not s.check or bool(np.isfinite(out).all())
-                cur = get(s.tin.index)
-                np.copyto(cur, out if s.cast is None else s.cast(out),
-                          where=mask.reshape((-1,) + (1,) * len(s.spec.shape)))
-                set_tensor(s.tin.index, cur)
-        return [] if finite else self._nonfinite_lanes(mask)
-
     def _nonfinite_lanes(self, mask: np.ndarray | None) -> list[int]:
+        """The lanes (of ``mask``, or all) whose new state has NaN/Inf."""
         ok = np.ones(self.lanes, bool)
         for s in self._states:
             if s.check:
-                ok &= np.isfinite(self._get(s.tout.index).reshape(self.lanes, -1)).all(axis=1)
+                ok &= np.isfinite(s.vout.reshape(self.lanes, -1)).all(axis=1)
         return np.flatnonzero(~ok if mask is None else ~ok & mask).tolist()
 
     def _read_y(self) -> np.ndarray:
-        raw = self._get(self._y.index)
-        return raw if self._ydq is None else self._ydq(raw).copy()
+        """The output of every lane ``[lanes, units]`` as real values (a copy)."""
+        return self._yv.copy() if self._ydq is None else self._ydq(self._yv).copy()
 
     # -- resets --------------------------------------------------------------------
     def reset(self, lane: int | None = None, reason: str = "explicit") -> None:
@@ -319,14 +363,16 @@ class Engine:
     def _clear(self, lanes: list[int]) -> None:
         """Write the zero state into the given lanes' state inputs."""
         for s in self._states:
-            cur = self._get(s.tin.index)
-            cur[lanes] = s.zero
-            self._set(s.tin.index, cur)
+            s.vin[lanes] = s.zero
 
     # -- snapshots -----------------------------------------------------------------
     def snapshot(self) -> StateSnapshot:
-        """The carried state, dequantized to float32 ``[lanes, *shape]`` per state."""
-        states = {s.spec.name: s.tin.to_real(self._get(s.tin.index)).copy() for s in self._states}
+        """The carried state, dequantized to float32 ``[lanes, *shape]`` per state (lanes
+        whose state is non-finite are reset first: such a state is never exported)."""
+        bad = self._nonfinite_lanes(None)
+        if bad:
+            self._reset_lanes(bad, "nonfinite")
+        states = {s.spec.name: s.tin.to_real(s.vin).copy() for s in self._states}
         seen = self.schedule.last_t[~np.isnan(self.schedule.last_t)]
         extra = {"last_sample_ms": int(seen.max() * 1000)} if seen.size else {}
         return StateSnapshot(states=states, steps=self.schedule.steps.copy(),
@@ -342,8 +388,7 @@ class Engine:
                 f"snapshot does not fit this engine: states {got} and steps "
                 f"{list(np.shape(snap.steps))}, expected {want} and [{self.lanes}], finite")
         for s in self._states:
-            raw = np.zeros((self.lanes, *s.spec.shape), s.tin.dtype)
-            self._set(s.tin.index, s.tin.to_raw(np.asarray(snap.states[s.spec.name]), raw))
+            s.tin.to_raw(np.asarray(snap.states[s.spec.name]), s.vin)
         last_ms = snap.extra.get("last_sample_ms")
         self.schedule.restore(snap.steps, None if last_ms is None else last_ms / 1000.0)
         self.samples_seen = int(snap.samples_seen)

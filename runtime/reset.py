@@ -111,6 +111,7 @@ class ResetSchedule:
         self.seq = np.zeros(self.lanes, np.int64)
         self.last_t = np.full(self.lanes, np.nan)
         self.phase = 0  # sliding: samples since the last full reset
+        self.timed = policy.kind in ("window", "gap")  # ``due`` can return lanes
 
     def due(self, t=None, mask: np.ndarray | None = None) -> list[int]:
         """Lanes (of ``mask``, or all) to reset before the sample at unix time ``t``

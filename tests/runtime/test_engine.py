@@ -11,7 +11,9 @@ signature_keys=["step"])``) from a ``tf.Module`` whose ``step`` tf.function comp
   ``{"y": 2 * (s + x), "s_out": s + x, "n_out": n + 1}`` (float32);
 - LEAKY_INT8: inputs ``x [None, 1]``, ``s [None, 1]`` -> ``{"y": tanh(0.5 s + x),
   "s_out": 0.5 s + x}``, full int8 with int8 inputs/outputs, calibrated on
-  ``x ~ U(-1, 1)``, ``s ~ U(-4, 4)`` (so ``s`` and ``s_out`` get different scales).
+  ``x ~ U(-1, 1)``, ``s ~ U(-4, 4)`` (so ``s`` and ``s_out`` get different scales);
+- SATURATING: inputs ``x [None, 1]``, ``s [None, 1]`` -> ``{"y": tanh(s + x),
+  "s_out": s + x}`` (float32): its state can overflow to Inf while ``y`` stays 1.0.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import pytest
 
 from runtime.backend import load_model
 from runtime.contract import load_contract
-from runtime.engine import Engine, Prediction
+from runtime.engine import STATE_CHECK_EVERY, Engine, Prediction
 from runtime.errors import DataError, ModelIntegrityError, StateCorruptError
 from runtime.snapshot import StateSnapshot
 
@@ -44,6 +46,17 @@ p0+D9Yozeu8C9KIzemxbP0Gv4NPT5G54mZHaRuQ+d6fOW9Addq7seN16XvUBSTc5IwbWKbOroYvG96nz
 KqZ9PP+w/Gv+/LOY4/KuGaZK+0jeHwJ0QjM6PN/364yO6oTkTPwmk/cq830fnsmvrwXo7/n1B8f13Zwy6t1IqXeK
 5N2Yc2LM6aSrmv0H44z0xg==
 """
+SATURATING = """
+eNptU7FO21AUvXZMiIKVpiKgDgwZGFFEKFO3KAERCUIFEWKoZCLhSpaIUyWmolIkVgaGqsrAkIGBkRGY8gnsXfgE
+PqFgzn2+zzVgy0d+Pu+e8969970FImqvb34uUZkW6BOVqEg2uBxZGBM4oivgHzAxiO6BxwwRXsIQUUTPT2HIGo7f
+EG4QuD/wIVM8mAvCMMzImLW/gDNwpnBTrHN6x8Eb3TVijITuBMiC0/8DiV+VmAfMZWU8C9S3W3trO7vN7Zaztdau
+NWrtGvKzVY45WVfHdj3f6R/7gdd1nZ9uf+D1fJrm3IEb3ovUYwwMRfdH9nIAFCl6clSI/ZlbVGxWcXpv/NhxzS1V
+99u5v6fUHJYNyclSKqKVykq1svzeg72rlepqNBc9v9GPEXABjIFL4AP4rc3mTrne85FX4B5WVO1KSlGId8HeBeG5
+/ufASPLl9bodz9d9bcT55mNtXuUU8YZAnxVT1iqpeZtmZC2p2YzWfX2O+m3Gmv96U/ySvKqDEfVmX/7n0ROe1nno
+s7Qk2lDO1ARrfeQ1O/3AC9Bt97DeOTr6UpU4ncP3FL9Mip8dpvstv/G7S/Ez5Zwk/b7hm5P75Jwom1c+yFTdW4pv
+Lp+9abBReZL+Ror/JOk/eO+v91RUfeWekaqkLZ78schStX0BGKGdag==
+"""
+
 LEAKY_INT8 = """
 eNp1VL1PU1EUP21fS1ue8MSqRDt0dCCVAoMRBkmLgaR8BIkDSyWhxCb9MPRhamICbsyGTRMHHYxxNBGjoybGOBkm
 08HBCf0T5D1/577zPvoKt/m1556e3/m6594cEa3dLk/ihzKUoyyN4tcgHfskaZAJOqJXwD+gGyH6CxzGiWLYQ4QV
@@ -89,6 +102,12 @@ def _handmade(folder, blob: str, states: list[tuple[str, int]], features: int, u
 def sum_artifacts(tmp_path):
     return _handmade(tmp_path, SUM, [("s", 2), ("n", 1)], features=2, units=2,
                      mean=[1.0, -2.0], std=[2.0, 4.0], variant="float32")
+
+
+@pytest.fixture()
+def saturating_artifacts(tmp_path):
+    return _handmade(tmp_path, SATURATING, [("s", 1)], features=1, units=1,
+                     mean=[0.0], std=[1.0], variant="float32")
 
 
 @pytest.fixture()
@@ -277,3 +296,29 @@ def test_int8_state_is_requantized_between_different_scales(leaky_artifacts):
         err = max(err, abs(np.tanh(s) - float(pred.y[0])))
     # Passing the stored int8 value straight back would be off by up to ~0.5 here.
     assert err < 0.04
+
+
+def test_an_infinite_state_behind_a_finite_output_is_reset_at_the_next_state_check(
+        saturating_artifacts, caplog):
+    engine = Engine.load(saturating_artifacts, reset="never")
+    big = np.float32(3e38)
+    with caplog.at_level(logging.WARNING, logger="runtime.engine"):
+        preds = [engine.step([big]) for _ in range(STATE_CHECK_EVERY + 1)]
+    assert all(float(p.y[0]) == 1.0 for p in preds)  # tanh(inf): the output never shows it
+    faults = [i for i, p in enumerate(preds) if p.fault]
+    assert len(faults) == 1 and faults[0] < STATE_CHECK_EVERY
+    assert preds[faults[0]].fault == "nonfinite_state"
+    assert "state of lane(s) [0] became non-finite: reset" in caplog.text
+    assert engine.resets["nonfinite"] == 1
+
+
+def test_a_snapshot_never_holds_a_non_finite_state(saturating_artifacts):
+    engine = Engine.load(saturating_artifacts, reset="never")
+    big = np.float32(3e38)
+    engine.step([big])
+    engine.step([big])  # s = inf now, y = tanh(inf) = 1.0: not seen until a check
+    assert engine.resets["nonfinite"] == 0
+    snap = engine.snapshot()
+    assert snap.is_finite() and snap.states["s"].tolist() == [[0.0]] and snap.steps.tolist() == [0]
+    assert engine.resets["nonfinite"] == 1
+    assert float(engine.step([0.5]).y[0]) == pytest.approx(np.tanh(0.5))
