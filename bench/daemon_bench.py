@@ -11,6 +11,9 @@ prediction lines from the daemon's stdout, time-stamping both with ``perf_counte
 - throughput: N samples written as fast as the pty takes them, until the last
   prediction has arrived;
 - RSS: ``VmRSS`` once ready and ``VmHWM`` (peak) at the end, from ``/proc``.
+
+The daemon (all its threads) is pinned to one CPU, and on a machine with more than one
+the bench itself to the others, so the figures are those of one core.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ class DaemonHarness:
     """One daemon process on a fresh pty, its stdout read line by line with arrival times."""
 
     def __init__(self, command: list[str], cwd: Path, stderr_path: Path):
+        cpus = sorted(os.sched_getaffinity(0))
+        self.daemon_cpu = cpus[-1]
+        self.bench_cpus = set(cpus[:-1]) or {self.daemon_cpu}
         self.command = command
         self.cwd = cwd
         self.stderr_path = stderr_path
@@ -53,10 +59,14 @@ class DaemonHarness:
         self.port = os.ttyname(self.slave)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         self._stderr = open(self.stderr_path, "wb")
+        self._own_cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.bench_cpus)
+        cpu = self.daemon_cpu
         self.t_spawn = time.perf_counter()
         self.proc = subprocess.Popen([*self.command, "--port", self.port], cwd=self.cwd, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr)
+                                     stderr=self._stderr,
+                                     preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
         self.out = self.proc.stdout.fileno()
         os.set_blocking(self.out, False)
         self.sel = selectors.DefaultSelector()
@@ -135,6 +145,7 @@ class DaemonHarness:
             self.proc.kill()
             self.proc.wait()
         finally:
+            os.sched_setaffinity(0, self._own_cpus)
             self.sel.close()
             self.proc.stdout.close()
             self._stderr.close()

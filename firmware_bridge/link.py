@@ -11,9 +11,11 @@ path, ``loop://``, ``socket://host:port``, ``spy://...``) and reads it in pyseri
   decoding through ``firmware_bridge.cobs.FrameDecoder`` (capped too); a HELLO must
   match the feature count, sequence gaps are counted as ``dropped``.
 
-Accepted ``Sample`` and ``Reset`` events go into a bounded queue read with
-``Link.get(timeout)``. When the queue stays full for ``put_timeout`` seconds the new
-event is dropped and counted as ``overflow``: the reader thread never blocks for
+Accepted ``Sample`` and ``Reset`` events go into a bounded queue
+(``firmware_bridge.events.EventQueue``), everything one read of the port returned in one
+batch, read with ``Link.get(timeout)`` or ``Link.get_many(limit, timeout)``. When the
+queue stays full for ``put_timeout`` seconds the new events are dropped and counted as
+``overflow``: the reader thread never blocks for
 long, so the port keeps being drained and a slow consumer costs samples, not a stall.
 Rejected lines and frames are counted by reason and logged at most once per
 ``log_interval`` per reason. When the port goes away the link logs it and reopens it
@@ -22,9 +24,7 @@ counter show the state.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import queue
 import threading
 import time
 from collections import Counter
@@ -35,6 +35,7 @@ import serial
 from serial.threaded import Packetizer
 
 from firmware_bridge import cobs
+from firmware_bridge.events import EventQueue
 from firmware_bridge.reconnect import PORT_ERRORS, Backoff, PortSupervisor, RateLimitedLog
 from firmware_bridge.text import MAX_LINE, Comment, Header, Reset, Sample, TextParser, format_prediction
 from runtime.errors import FrameError, PortError
@@ -88,26 +89,27 @@ class LinkCounters:
 class _Delivery:
     """Where the protocols put what they accept and report what they reject."""
 
-    def __init__(self, events: queue.Queue, counters: LinkCounters, limiter: RateLimitedLog,
+    def __init__(self, events: EventQueue, counters: LinkCounters, limiter: RateLimitedLog,
                  put_timeout: float):
         self.events = events
         self.counters = counters
         self.limiter = limiter
         self.put_timeout = put_timeout
 
-    def event(self, event: LinkEvent) -> None:
-        event = dataclasses.replace(event, received=time.monotonic())
-        try:
-            if self.put_timeout > 0:
-                self.events.put(event, timeout=self.put_timeout)
-            else:
-                self.events.put_nowait(event)
-        except queue.Full:
-            self.counters.add("overflow")
-            self.limiter.warning("overflow", "event queue full (%d): %s dropped; the consumer is too slow",
-                                 self.events.maxsize, type(event).__name__)
+    def deliver(self, events: list[LinkEvent]) -> None:
+        """Queue the events of one read, in order; those that find no room are dropped."""
+        if not events:
             return
-        self.counters.add("samples" if isinstance(event, Sample) else "resets")
+        taken = self.events.put_many(events, self.put_timeout)
+        samples = sum(type(e) is Sample for e in events[:taken])
+        if samples:
+            self.counters.add("samples", samples)
+        if taken > samples:
+            self.counters.add("resets", taken - samples)
+        if taken < len(events):
+            self.counters.add("overflow", len(events) - taken)
+            self.limiter.warning("overflow", "event queue full (%d): %d event(s) dropped; the "
+                                 "consumer is too slow", self.events.maxsize, len(events) - taken)
 
     def reject(self, error: FrameError) -> None:
         self.counters.reject(error.reason)
@@ -147,11 +149,16 @@ class TextLineProtocol(_LinkProtocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer.extend(data)
+        received = time.monotonic()
+        batch: list[LinkEvent] = []
         start = 0
         while (end := self.buffer.find(self.TERMINATOR, start)) >= 0:
-            self._line(bytes(self.buffer[start:end]))
+            event = self._line(bytes(self.buffer[start:end]), received)
+            if event is not None:
+                batch.append(event)
             start = end + 1
         del self.buffer[:start]
+        self.delivery.deliver(batch)
         if len(self.buffer) > self.max_line + 1:  # +1: room for a "\r" before the "\n"
             self._overlong()
 
@@ -163,27 +170,36 @@ class TextLineProtocol(_LinkProtocol):
         self.buffer.clear()
         self.skipping = True
 
-    def _line(self, line: bytes) -> None:
+    def _line(self, line: bytes, received: float) -> Optional[LinkEvent]:
         if self.skipping:
             self.skipping = False  # the tail of an over-long line, already counted
         elif self.first:
             self.first = False
             log.debug("discarded the first line after opening: %r", line[:80])
         else:
-            self.handle_packet(line)
+            return self.event_of(line, received)
+        return None
 
     def handle_packet(self, packet: bytes) -> None:
+        """One line (``Packetizer`` API; ``data_received`` batches whole reads)."""
+        event = self.event_of(bytes(packet), time.monotonic())
+        self.delivery.deliver([] if event is None else [event])
+
+    def event_of(self, line: bytes, received: float) -> Optional[LinkEvent]:
+        """The line's ``Sample`` or ``Reset``; ``None`` for anything else (a rejected
+        line is counted and logged here)."""
         try:
-            event = self.parser.parse_line(packet)
+            event = self.parser.parse_line(line, received)
         except FrameError as e:
             self.delivery.reject(e)
-            return
+            return None
         if isinstance(event, (Sample, Reset)):
-            self.delivery.event(event)
-        elif isinstance(event, Header):
+            return event
+        if isinstance(event, Header):
             log.info("header line: columns are %s", ", ".join(event.names))
         elif isinstance(event, Comment):
             log.debug("device comment: %s", event.text)
+        return None
 
 
 class CobsFrameProtocol(_LinkProtocol):
@@ -199,17 +215,22 @@ class CobsFrameProtocol(_LinkProtocol):
         self.hello_ok = True  # until a HELLO with another feature count arrives
 
     def data_received(self, data: bytes) -> None:
+        received = time.monotonic()
+        batch: list[LinkEvent] = []
         for item in self.decoder.feed(data):
             if isinstance(item, FrameError):
                 self.delivery.reject(item)
-            else:
-                self.handle_frame(item)
+            elif (event := self.event_of(item, received)) is not None:
+                batch.append(event)
+        self.delivery.deliver(batch)
 
     def handle_packet(self, packet: bytes) -> None:
         """One packet between delimiters (``Packetizer`` API; ``data_received`` batches)."""
         self.data_received(bytes(packet) + self.TERMINATOR)
 
-    def handle_frame(self, frame: cobs.Frame) -> None:
+    def event_of(self, frame: cobs.Frame, received: float) -> Optional[LinkEvent]:
+        """The frame's ``Sample`` or ``Reset``; ``None`` for anything else (HELLO handled,
+        a refused frame counted and logged here)."""
         if frame.type == cobs.HELLO:
             self._hello(frame)
         elif frame.type == cobs.PREDICTION:
@@ -223,9 +244,9 @@ class CobsFrameProtocol(_LinkProtocol):
                 self.delivery.dropped(lost, frame.seq)
             if frame.type == cobs.SAMPLE:
                 values = np.frombuffer(frame.payload, dtype="<f4").astype(np.float32)
-                self.delivery.event(Sample(values, seq=frame.seq))
-            else:
-                self.delivery.event(Reset(seq=frame.seq))
+                return Sample(values, frame.seq, received)
+            return Reset(frame.seq, received)
+        return None
 
     def _hello(self, frame: cobs.Frame) -> None:
         try:
@@ -261,7 +282,7 @@ class Link:
         self.feature_names = tuple(feature_names)
         self.counters = LinkCounters()
         self.limiter = RateLimitedLog(log, log_interval)
-        self._events: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._events: EventQueue[LinkEvent] = EventQueue(queue_size)
         self._delivery = _Delivery(self._events, self.counters, self.limiter, put_timeout)
         self._parser = TextParser(self.feature_names) if protocol == "text" else None
         if protocol == "cobs" and not 1 <= len(self.feature_names) <= cobs.MAX_FEATURES:
@@ -315,10 +336,13 @@ class Link:
 
     def get(self, timeout: Optional[float] = None) -> Optional[LinkEvent]:
         """The next ``Sample`` or ``Reset``, or ``None`` after ``timeout`` seconds."""
-        try:
-            return self._events.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        events = self._events.get_many(1, timeout)
+        return events[0] if events else None
+
+    def get_many(self, limit: int, timeout: Optional[float] = None) -> list[LinkEvent]:
+        """Every waiting event up to ``limit``, oldest first, waiting at most ``timeout``
+        seconds for the first one (an empty list if none came)."""
+        return self._events.get_many(limit, timeout)
 
     @property
     def connected(self) -> bool:

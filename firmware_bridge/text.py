@@ -31,9 +31,13 @@ _SEPARATORS = re.compile(r"[, \t]+")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 _PAIR_COLON = re.compile(r"[ \t]*:[ \t]*")
+# The common line, numbers and separators only, parsed straight from the bytes.
+_NUMBER_BYTES = re.compile(_NUMBER.pattern.encode())
+_NUMERIC_ROW = re.compile(b"[, \t]*%s(?:[, \t]+%s)*[, \t]*\r?" % (_NUMBER.pattern.encode(), _NUMBER.pattern.encode()))
+FLOAT32_OVERFLOW = 3.4028235677973366e38  # FLT_MAX + half an ulp: |v| >= this rounds to inf
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Sample:
     """One sample from the device: ``values`` ``[features]`` float32, in manifest order.
 
@@ -46,7 +50,7 @@ class Sample:
     received: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reset:
     """The device asked for a new sequence (``#reset`` line or RESET frame)."""
 
@@ -91,13 +95,38 @@ class TextParser:
             raise ValueError(f"duplicate feature names: {self.feature_names}")
         self._index = {name: i for i, name in enumerate(self.feature_names)}
         self.order = tuple(range(len(self.feature_names)))
+        self._permutation: list[int] | None = None  # self.order, when a header changed it
 
     @property
     def features(self) -> int:
         return len(self.feature_names)
 
-    def parse_line(self, line: bytes) -> Optional[Event]:
-        """One line (no ``\\n``) -> event, ``None`` for a blank line; raises ``FrameError``."""
+    def parse_line(self, line: bytes, received: float = 0.0) -> Optional[Event]:
+        """One line (no ``\\n``) -> event, ``None`` for a blank line; raises ``FrameError``.
+        ``received`` goes into a ``Sample`` or ``Reset``."""
+        if len(line) <= self.max_line and _NUMERIC_ROW.fullmatch(line):
+            values = self._numeric_row(line)
+            if values is not None:
+                return Sample(values, None, received)
+        return self.parse_text(line, received)
+
+    def _numeric_row(self, line: bytes) -> Optional[np.ndarray]:
+        """A line of numbers and separators only -> its values; ``None`` where the
+        general path must decide (another field count, a value beyond float32)."""
+        values = [float(t) for t in _NUMBER_BYTES.findall(line)]
+        if len(values) != len(self.feature_names):
+            return None
+        for v in values:
+            if v >= FLOAT32_OVERFLOW or v <= -FLOAT32_OVERFLOW:
+                return None
+        if self._permutation is None:
+            return np.array(values, np.float32)
+        out = np.empty(len(values), np.float32)
+        out[self._permutation] = values
+        return out
+
+    def parse_text(self, line: bytes, received: float = 0.0) -> Optional[Event]:
+        """``parse_line`` without its shortcut for plain numeric lines (same results)."""
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > self.max_line:
@@ -110,12 +139,12 @@ class TextParser:
             return None
         if text.startswith("#"):
             body = text[1:].strip()
-            return Reset() if body.lower() == "reset" else Comment(body)
+            return Reset(None, received) if body.lower() == "reset" else Comment(body)
         tokens = [t for t in _SEPARATORS.split(_PAIR_COLON.sub(":", text)) if t]
         if any(":" in t for t in tokens):
-            return Sample(self._pairs(tokens))
+            return Sample(self._pairs(tokens), None, received)
         if all(_NUMBER.fullmatch(t) for t in tokens):
-            return Sample(self._columns(tokens))
+            return Sample(self._columns(tokens), None, received)
         return self._header_or_reject(tokens)
 
     def _columns(self, tokens: list[str]) -> np.ndarray:
@@ -153,6 +182,7 @@ class TextParser:
                     f"header names {len(set(tokens))} distinct features, expected {self.features}",
                 )
             self.order = tuple(self._index[t] for t in tokens)
+            self._permutation = None if self.order == tuple(range(self.features)) else list(self.order)
             return Header(tuple(tokens))
         finite_or_not = [t for t in tokens if not _NON_FINITE.fullmatch(t)]
         for token in finite_or_not:

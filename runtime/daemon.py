@@ -1,15 +1,15 @@
 """``stepwise serve``: serial samples in, predictions out, state kept across restarts.
 
-One processing loop in the main thread: take an event from the link (samples arrive on
-pyserial's reader thread into a bounded queue), step the engine, write the JSON line
-(and the reply to the device), checkpoint when due, ping the watchdog. Signals only
-set flags, so the current sample always finishes: SIGTERM/SIGINT -> checkpoint, exit 0;
-SIGHUP -> reopen the output file (log rotation).
+One processing loop in the main thread: take every waiting event from the link (samples
+arrive on pyserial's reader thread into a bounded queue; up to ``BATCH`` at a time),
+step the engine for each, write their JSON lines (and the replies to the device) with
+one write, then checkpoint when due and ping the watchdog. Signals only set flags, so
+the samples already taken always finish: SIGTERM/SIGINT -> checkpoint, exit 0; SIGHUP
+-> reopen the output file (log rotation).
 """
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import signal
@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import TextIO
 
 from runtime.errors import DataError
-from runtime.replay import prediction_record
+from runtime.replay import record_line
 from runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
+
+BATCH = 256  # events taken from the link per turn of the loop
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,12 @@ class Output:
         self.path = path
         self._f: TextIO = sys.stdout if path is None else open(path, "a", buffering=1)
 
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        if self.path is None:
-            self._f.flush()
+    def write_lines(self, lines: list[str]) -> None:
+        """Write whole lines (each ending in a newline) at once; stdout is flushed."""
+        if lines:
+            self._f.write("".join(lines))
+            if self.path is None:
+                self._f.flush()
 
     def reopen(self) -> None:
         if self.path is not None:
@@ -134,9 +138,9 @@ class Daemon:
         next_status = time.monotonic() + self.opts.status_interval
         try:
             while not self._stop:
-                event = link.get(timeout=0.2)
-                if event is not None:
-                    self.handle(event, out, link)
+                events = link.get_many(BATCH, timeout=0.2)
+                if events:
+                    out.write_lines([line for event in events if (line := self.handle(event, link))])
                 if self._reopen:
                     self._reopen = False
                     out.reopen()
@@ -154,35 +158,34 @@ class Daemon:
             out.close()
         return 0
 
-    def handle(self, event, out: Output, link) -> None:
+    def handle(self, event, link) -> str | None:
+        """Step one event; the sample's output line (``None`` for anything else)."""
         from firmware_bridge.text import Reset, Sample
 
-        if isinstance(event, Reset):
-            self.engine.reset(reason="device")
-            self.seq += 1
-            self.counters["resets"] += 1
-            return
-        if not isinstance(event, Sample):
-            return
+        if type(event) is not Sample:
+            if isinstance(event, Reset):
+                self.engine.reset(reason="device")
+                self.seq += 1
+                self.counters["resets"] += 1
+            return None
         self.counters["samples"] += 1
         try:
             pred = self.engine.step(event.values)
         except DataError as e:  # NaN/Inf or a wrong shape: never reaches the state
             self.counters["rejected_sample"] += 1
             log.warning("sample rejected: %s", e)
-            return
+            return None
         self.counters["predictions"] += 1
         if pred.fault:
             self.counters["state_faults"] += 1
-        record = prediction_record(self.engine.samples_seen - 1, self.seq, pred)
-        record["t"] = round(time.time(), 6)
+        extra = f', "t": {round(time.time(), 6)!r}'
         if event.seq is not None:
-            record["frame"] = event.seq
-        out.write(record)
+            extra += f', "frame": {event.seq}'
         if self.opts.protocol == "cobs" or self.opts.reply:
             y = pred.y
             index = int(y[0] >= 0.5) if self.contract.output.kind == "sigmoid" and len(y) == 1 else int(y.argmax())
             link.write_prediction(y.tolist(), index, pred.label, seq=event.seq)
+        return record_line(self.engine.samples_seen - 1, self.seq, pred, extra)
 
     def status(self) -> str:
         link = getattr(self, "link", None)

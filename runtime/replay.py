@@ -111,6 +111,18 @@ def prediction_record(i: int, seq: int, pred) -> dict:
     return {"i": i, "seq": seq, "step": pred.step, "y": y, "label": pred.label}
 
 
+def record_line(i: int, seq: int, pred, extra: str = "") -> str:
+    """``json.dumps(prediction_record(i, seq, pred))`` with ``extra`` (``', "key": value'``
+    pairs, already JSON) before the closing brace, and a newline: the same text, written
+    directly (the daemon's per-sample path)."""
+    y = ", ".join(repr(float(f"{v:.9g}")) if math.isfinite(v) else "null" for v in pred.y.tolist())
+    label = _LABELS.get(pred.label) or _LABELS.setdefault(pred.label, json.dumps(pred.label))
+    return f'{{"i": {i}, "seq": {seq}, "step": {pred.step}, "y": [{y}], "label": {label}{extra}}}\n'
+
+
+_LABELS: dict[str, str] = {}  # label -> its JSON string
+
+
 @click.command("replay")
 @click.option("--artifacts", default="artifacts", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Built artifacts folder.")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import select
 import struct
 import time
@@ -21,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge import cobs
+from firmware_bridge.events import EventQueue
 from firmware_bridge.link import CobsFrameProtocol, Link, LinkCounters, Reset, Sample, TextLineProtocol, _Delivery
 from firmware_bridge.reconnect import Backoff, RateLimitedLog
 from firmware_bridge.text import MAX_LINE, TextParser
@@ -343,7 +343,7 @@ def test_unplug_and_replug_under_the_same_path(pty_port, protocol, caplog):
 
 def feed(protocol_for, stream: bytes, cuts: list[int]):
     """Feed ``stream`` cut at ``cuts`` into a fresh protocol; (events, rejected, max buffer)."""
-    events: queue.Queue = queue.Queue()
+    events: EventQueue = EventQueue(100_000)
     counters = LinkCounters()
     delivery = _Delivery(events, counters, RateLimitedLog(logging.getLogger("t.feed"), 3600), 0)
     protocol = protocol_for(delivery)
@@ -351,10 +351,8 @@ def feed(protocol_for, stream: bytes, cuts: list[int]):
     for a, b in zip([0, *cuts], [*cuts, len(stream)]):
         protocol.data_received(stream[a:b])
         biggest = max(biggest, len(protocol.buffer) if hasattr(protocol, "buffer") else 0)
-    out = []
-    while not events.empty():
-        e = events.get()
-        out.append(("reset",) if isinstance(e, Reset) else (e.seq, e.values.tobytes()))
+    out = [("reset",) if isinstance(e, Reset) else (e.seq, e.values.tobytes())
+           for e in events.get_many(100_000, 0)]
     return out, counters.rejected, biggest
 
 

@@ -216,3 +216,41 @@ def test_fuzz_only_valid_lines_become_samples(line):
         assert not isinstance(event, Sample), f"{line!r} became {event}"
     else:
         assert isinstance(event, Sample) and event.values.tobytes() == expected.tobytes()
+
+
+def _outcome(parse, line: bytes):
+    try:
+        event = parse(line)
+    except FrameError as e:
+        return ("rejected", e.reason)
+    if isinstance(event, Sample):
+        return ("sample", event.values.dtype.name, event.values.tobytes())
+    return ("event", event)
+
+
+_numeric = st.one_of(st.floats(width=32, allow_nan=False, allow_infinity=False).map(str),
+                     st.sampled_from(["1e39", "-3.4028236e38", "3.4028235e38", "1e-50", ".5", "5.", "+1"]))
+
+
+@st.composite
+def numeric_rows(draw) -> bytes:
+    tokens = draw(st.lists(_numeric, min_size=1, max_size=5))
+    seps = draw(st.lists(st.sampled_from([",", " ", "\t", ", ", ",,"]), min_size=len(tokens), max_size=len(tokens)))
+    lead = draw(st.sampled_from(["", " ", ","]))
+    return (lead + "".join(t + s for t, s in zip(tokens, seps)) + draw(st.sampled_from(["", "\r"]))).encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(numeric_rows(), near_valid_lines()), st.sampled_from([None, b"az,ax,ay", b"ax,ay,az"]))
+def test_numeric_row_shortcut_gives_what_the_general_parser_gives(line, header):
+    fast, general = TextParser(NAMES), TextParser(NAMES)
+    if header is not None:
+        fast.parse_line(header)
+        general.parse_text(header)
+    assert _outcome(fast.parse_line, line) == _outcome(general.parse_text, line)
+
+
+def test_received_time_is_carried_into_events(parser):
+    assert parser.parse_line(b"1,2,3", 12.5).received == 12.5  # the numeric-row shortcut
+    assert parser.parse_line(b"ax:1 ay:2 az:3", 13.0).received == 13.0
+    assert parser.parse_line(b"#reset", 14.0) == Reset(None, 14.0)

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from runtime.cli import cli
 from runtime.contract import load_contract
-from runtime.engine import Engine
+from runtime.engine import Engine, Prediction
 from runtime.errors import DataError
-from runtime.replay import replay
+from runtime.replay import prediction_record, record_line, replay
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,12 @@ def test_replay_function_matches_stepping_by_hand(tiny_artifacts, data):
     message = f"has 1 features per sample, the model expects {X.shape[2]}"
     with pytest.raises(DataError, match=message):
         replay(engine, [np.zeros((2, 1), np.float32)])
+
+
+@pytest.mark.parametrize("y", [[0.25], [1e-12], [0.1, 0.7, 0.2], [np.nan, 1.0], [np.inf], [0.123456789123]])
+def test_the_daemon_line_writer_writes_what_json_dumps_writes(tiny_artifacts, y):
+    output = load_contract(tiny_artifacts).output
+    pred = Prediction(np.array(y, np.float32), 7, 0, 2, output)
+    for extra, more in (("", {}), (', "t": 1795347465.123456, "frame": 65535', {"t": 1795347465.123456, "frame": 65535})):
+        expected = json.dumps(prediction_record(41, 3, pred) | more) + "\n"
+        assert record_line(41, 3, pred, extra) == expected
