@@ -40,8 +40,8 @@ def _bars(report: dict) -> list[str]:
     ref = "; ".join(f"{r['backend']} {_n(r['per_floor'])}x" for r in rows
                     if r["row"] == "4b" and r["variant"] == "float32")
     return ["## Bars", "", verdict, "", *_table(["bar", "measured", "limit", "result"], body),
-            f"For reference, row 4b (the least any loop that carries the state does) over the "
-            f"floor, float32: {ref}.", ""]
+            f"For reference, row 4b (the usual hand-written loop: `get_tensor` of the outputs, "
+            f"`set_tensor` of the states) over the floor, float32: {ref}.", ""]
 
 
 def _latency(report: dict) -> list[str]:
@@ -57,10 +57,11 @@ def _latency(report: dict) -> list[str]:
             "float32 floor). `/ row 1`: median over the row 1 median.", "",
             *_table(["row", "what", "backend", "variant", "median µs", "p99 µs", "/ floor", "/ row 1"], body),
             "Row 4 sets every input (sample and states, prepared arrays) and invokes; it reads "
-            "nothing. Row 4b adds what any correct loop must do: read the outputs and feed the "
-            "states back. Row 5 adds normalisation, NaN/Inf checks, requantization where needed "
-            "and the Prediction object. Row 6 is sample line written to the pty -> JSON line read "
-            "from the daemon's stdout.", ""]
+            "nothing. Row 4b is the usual hand-written loop: `get_tensor` of every output and "
+            "`set_tensor` of each state back. Row 5 does more (normalisation, NaN/Inf checks, "
+            "requantization where needed, the Prediction object) on numpy views of the "
+            "interpreter's buffers, with no copies through `get_tensor`/`set_tensor`. Row 6 is "
+            "sample line written to the pty -> JSON line read from the daemon's stdout.", ""]
 
 
 def _daemon(report: dict) -> list[str]:

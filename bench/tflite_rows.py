@@ -65,8 +65,9 @@ def floor_row(data: bytes, contract: ModelContract, backend: str | None, sample:
 
 def bare_loop_row(data: bytes, contract: ModelContract, backend: str | None, sample: np.ndarray,
                   steps: int, warmup: int) -> dict:
-    """Row 4b: the floor plus ``get_tensor`` of every output, states fed back by hand
-    (stored values copied as they are: no normalisation, requantization or checks)."""
+    """Row 4b: the usual hand-written loop, ``get_tensor`` of every output and
+    ``set_tensor`` of each state back (stored values copied as they are: no
+    normalisation, requantization or checks)."""
     model = load_model(data, contract.signature_key, backend=backend)
     model.resize(1)
     it = model.interpreter
