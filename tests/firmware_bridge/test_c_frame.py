@@ -25,15 +25,8 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
-def compile_c(out: Path, *sources: str) -> Path:
-    paths = [str(C_DIR / s) for s in sources]
-    result = subprocess.run(["gcc", *CFLAGS, "-o", str(out), *paths], capture_output=True, text=True)
-    assert result.returncode == 0, f"gcc failed for {sources}:\n{result.stderr}"
-    return out
-
-
 @pytest.fixture(scope="module")
-def binaries(tmp_path_factory) -> dict[str, Path]:
+def binaries(tmp_path_factory, compile_c) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("c-frame")
     return {
         "unit": compile_c(out / "test_frame", "tests/test_frame.c", "stepwise_frame.c"),

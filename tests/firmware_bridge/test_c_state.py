@@ -12,26 +12,17 @@ from pathlib import Path
 
 import pytest
 
-C_DIR = Path(__file__).resolve().parents[2] / "firmware_bridge" / "c"
-CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2"]
 MAGIC = b"SWST"
 META = struct.Struct("<I32sII")  # seq, model hash, payload length, crc32
 
 
-def compile_c(out: Path, *sources: str) -> Path:
-    paths = [str(C_DIR / s) for s in sources]
-    result = subprocess.run(["gcc", *CFLAGS, "-o", str(out), *paths], capture_output=True, text=True)
-    assert result.returncode == 0, f"gcc failed for {sources}:\n{result.stderr}"
-    return out
-
-
 @pytest.fixture(scope="module")
-def binaries(tmp_path_factory) -> dict[str, Path]:
+def binaries(tmp_path_factory, compile_c) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("c-state")
     common = ("tests/flash_emu.c", "stepwise_state.c")
     return {
-        "unit": compile_c(out / "test_state", "tests/test_state.c", *common),
-        "harness": compile_c(out / "state_harness", "tests/state_harness.c", *common),
+        "unit": compile_c(out / "test_state", "tests/test_state.c", *common, flags=("-O2",)),
+        "harness": compile_c(out / "state_harness", "tests/state_harness.c", *common, flags=("-O2",)),
     }
 
 
