@@ -98,7 +98,7 @@ class _State:
     tout: BoundTensor
     cast: AffineCast | None  # None: the stored values are copied as they are
     zero: np.ndarray
-    check: bool  # a float output: look for NaN/Inf after each step
+    check: bool  # float state values: looked at for NaN/Inf (STATE_CHECK_EVERY)
     vin: np.ndarray  # views on the interpreter's buffers, [lanes, *shape]
     vout: np.ndarray
 
@@ -194,7 +194,7 @@ class Engine:
             log.debug("state %s: %s -> %s carried %s", spec.name, tout.name, tin.name,
                       "as stored" if cast is None else "requantized")
         zero = tin.to_raw(np.zeros((), np.float32), np.zeros((), tin.dtype))
-        return _State(spec, tin, tout, cast, zero, check=tout.dtype.kind == "f",
+        return _State(spec, tin, tout, cast, zero, check=tin.dtype.kind == "f",
                       vin=model.view(tin), vout=model.view(tout))
 
     @property
@@ -330,11 +330,12 @@ class Engine:
                                rejected, faults, self._out)
 
     def _nonfinite_lanes(self, mask: np.ndarray | None) -> list[int]:
-        """The lanes (of ``mask``, or all) whose new state has NaN/Inf."""
+        """The lanes (of ``mask``, or all) whose carried state (the state inputs, after
+        the carry) has NaN/Inf."""
         ok = np.ones(self.lanes, bool)
         for s in self._states:
             if s.check:
-                ok &= np.isfinite(s.vout.reshape(self.lanes, -1)).all(axis=1)
+                ok &= np.isfinite(s.vin.reshape(self.lanes, -1)).all(axis=1)
         return np.flatnonzero(~ok if mask is None else ~ok & mask).tolist()
 
     def _read_y(self) -> np.ndarray:

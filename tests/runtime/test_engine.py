@@ -303,13 +303,14 @@ def test_an_infinite_state_behind_a_finite_output_is_reset_at_the_next_state_che
     engine = Engine.load(saturating_artifacts, reset="never")
     big = np.float32(3e38)
     with caplog.at_level(logging.WARNING, logger="runtime.engine"):
-        preds = [engine.step([big]) for _ in range(STATE_CHECK_EVERY + 1)]
+        preds = [engine.step([big]) for _ in range(STATE_CHECK_EVERY)]
     assert all(float(p.y[0]) == 1.0 for p in preds)  # tanh(inf): the output never shows it
-    faults = [i for i, p in enumerate(preds) if p.fault]
-    assert len(faults) == 1 and faults[0] < STATE_CHECK_EVERY
-    assert preds[faults[0]].fault == "nonfinite_state"
+    assert [p.fault for p in preds] == [None] * (STATE_CHECK_EVERY - 1) + ["nonfinite_state"]
     assert "state of lane(s) [0] became non-finite: reset" in caplog.text
     assert engine.resets["nonfinite"] == 1
+    snap = engine.snapshot()  # right after the reset: the zeroed state, counted once
+    assert snap.is_finite() and snap.states["s"].tolist() == [[0.0]] and engine.resets["nonfinite"] == 1
+    assert float(engine.step([big]).y[0]) == 1.0 and engine.snapshot().states["s"][0, 0] == big
 
 
 def test_a_snapshot_never_holds_a_non_finite_state(saturating_artifacts):
