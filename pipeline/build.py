@@ -47,7 +47,7 @@ def build_artifacts(cfg: BuildConfig, out: str | os.PathLike, data: str | None =
     t0 = time.monotonic()
     seqs = load_training_data(data, cfg.data)
     sp = split(seqs, cfg.data)
-    result = train(sp, cfg.model, cfg.train)
+    result = train(sp, cfg.model, cfg.train, calibration=conv.calibration_set(sp.X_train, cfg.quantize))
     return package(result.model, sp, cfg, Path(out), result, t0)
 
 
@@ -157,9 +157,7 @@ def _micro_check(contract: C.ModelContract, stage: Path, sp: Split) -> dict[str,
 
 def _convert_variants(step: StepModel, sp: Split, cfg: BuildConfig, stage: Path) -> dict[str, C.VariantSpec]:
     qc = cfg.quantize
-    rng = np.random.default_rng(qc.seed)
-    pick = rng.permutation(len(sp.X_train))[: qc.calibration_sequences]
-    calibration = conv.calibration_inputs(step, sp.X_train[pick], qc.calibration_stream_steps, rng)
+    calibration = conv.calibration_inputs(step, conv.calibration_set(sp.X_train, qc))
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:
         saved = step.save(Path(tmp) / "saved_model")

@@ -47,6 +47,29 @@ class TrainConfig:
     patience: int = 8
     seed: int = 7
     verbose: int = 2
+    # Quantization-aware fine-tuning after the fit (LSTM stacks under a sigmoid/softmax Dense
+    # head; 0 epochs turns it off): pipeline.train.quantization_aware_finetune. Its loss:
+    # cross-entropy at each window's last step (+ qat_prefix_weight * its mean over the
+    # earlier steps, which trains each prefix as an early prediction; off by default, since
+    # it pulls prefixes that cannot tell the class yet onto the class boundary, where int8
+    # and float disagree most); + qat_consistency * mean (y_int8 - y_float)^2 over every
+    # step of the windows and of qat_streams no-reset streams (qat_stream_steps samples a
+    # batch, restarting from zero every qat_stream_restart batches); + qat_penalty *
+    # (squared excess of cell states over +-qat_state_bound and of logits over
+    # +-qat_logit_bound) + qat_margin_weight * (squared shortfall of logits within
+    # qat_margin of the class boundary).
+    qat_epochs: int = 30
+    qat_learning_rate: float = 0.002
+    qat_prefix_weight: float = 0.0
+    qat_consistency: float = 3000.0
+    qat_penalty: float = 1.0
+    qat_state_bound: float = 2.5
+    qat_logit_bound: float = 5.0
+    qat_margin: float = 0.2
+    qat_margin_weight: float = 300.0
+    qat_streams: int = 16
+    qat_stream_steps: int = 32
+    qat_stream_restart: int = 4
 
 
 @dataclass(frozen=True)
@@ -55,8 +78,13 @@ class QuantizeConfig:
     # "per_gate": one FULLY_CONNECTED per gate, so each gate pre-activation gets its own
     # quantization scale; "fused": one matmul for all gates then SPLIT (shared scale).
     cell_layout: str = "per_gate"
-    calibration_sequences: int = 300
-    calibration_stream_steps: int = 2000  # a long no-reset rollout, so drifted states are covered
+    # Activation ranges are the min/max the converter sees on these float rollouts
+    # (pipeline.convert.calibration_set): at most calibration_sequences training sequences
+    # (by default all: rarer inputs widen the ranges a little, but values beyond a range
+    # are clamped, which costs far more), and a long no-reset rollout, so drifted states
+    # are covered. Quantization-aware fine-tuning simulates the same calibration.
+    calibration_sequences: int = 100_000
+    calibration_stream_steps: int = 5000
     seed: int = 7
 
 
@@ -151,6 +179,14 @@ def _validate(cfg: BuildConfig) -> None:
         raise ConfigError("[data] val_fraction and test_fraction must be in (0, 1) and sum below 1")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.learning_rate <= 0:
         raise ConfigError("[train] epochs, batch_size and learning_rate must be positive")
+    t = cfg.train
+    if t.qat_epochs < 0 or t.qat_learning_rate <= 0 or min(t.qat_streams, t.qat_stream_steps,
+                                                             t.qat_stream_restart) < 1:
+        raise ConfigError("[train] qat_epochs must be >= 0; qat_learning_rate, qat_streams, "
+                          "qat_stream_steps and qat_stream_restart must be positive")
+    if min(t.qat_consistency, t.qat_penalty, t.qat_margin, t.qat_margin_weight, t.qat_prefix_weight) < 0 \
+            or min(t.qat_state_bound, t.qat_logit_bound) <= 0:
+        raise ConfigError("[train] qat weights and margin must be >= 0 and qat bounds positive")
 
 
 def _toml_value(v: Any) -> str:

@@ -7,34 +7,102 @@ long rollout without resets, never zeros or random states.
 from __future__ import annotations
 
 import collections
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 
+from pipeline.config import QuantizeConfig
 from pipeline.stepmodel import INPUT_NAME, SIGNATURE_KEY, StepModel
 from runtime.contract import TensorSpec
 from runtime.errors import StepwiseError
 
+log = logging.getLogger(__name__)
+
 _QUANT_DTYPES = {"int8", "int16", "uint8"}
 
 
-def calibration_inputs(step: StepModel, X: np.ndarray, stream_steps: int,
-                       rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
-    """Step-model input dicts ``{x, state...}`` (batch 1) from float rollouts of ``X`` ``[m, T, F]``."""
-    samples: list[dict[str, np.ndarray]] = []
-    _, fed, _ = step.rollout(X)
-    for t, states in enumerate(fed):
-        for i in range(X.shape[0]):
-            samples.append(_one(step, X[i, t], [s[i] for s in states]))
-    if stream_steps > 0:
-        order = rng.integers(0, X.shape[0], size=stream_steps // X.shape[1] + 1)
-        stream = X[order].reshape(1, -1, X.shape[2])[:, :stream_steps]
-        _, fed, _ = step.rollout(stream)
-        for t in range(0, stream.shape[1], 2):  # every other step: enough coverage
-            samples.append(_one(step, stream[0, t], [s[0] for s in fed[t]]))
-    return samples
+@dataclass(frozen=True)
+class Calibration:
+    """What the quantized variants calibrate on (``calibration_set``): ``windows``
+    ``[m, T, F]`` rolled out from zero states, one no-reset ``stream`` ``[1, steps, F]``,
+    and the continuations of ``continue_until_closed`` (``seed``). All of it is fixed by
+    the data and the configuration, so quantization-aware fine-tuning can simulate the
+    very ranges the converter will calibrate (``pipeline.train``)."""
+
+    windows: np.ndarray
+    stream: np.ndarray
+    seed: int
+
+    def rollouts(self) -> list[np.ndarray]:
+        return [X for X in (self.windows, self.stream) if X.shape[1] > 0]
+
+    def continue_until_closed(self, next_states, pending: list[np.ndarray], lo: list[float],
+                              hi: list[float], rounds: int = 20) -> list[tuple[np.ndarray, list]]:
+        """Rows ``(x [n, F], states)`` that feed ``pending`` states (the states the rollouts
+        end in), and the states they lead to while those leave the range ``lo``/``hi`` of
+        each state fed so far, with consecutive samples of the rollouts from random
+        offsets: each continuation is an ordinary stream. ``next_states(x, states)`` is
+        one float step; the same ``seed`` gives the same continuations."""
+        samples = np.concatenate([X.reshape(-1, X.shape[2]) for X in self.rollouts()])
+        rng = np.random.default_rng(self.seed)
+        lo, hi, rows = list(lo), list(hi), []
+        at = rng.integers(0, max(1, len(samples) - rounds), size=len(pending[0]))
+        for r in range(rounds):
+            x = samples[(at + r) % len(samples)]
+            rows.append((x, pending))
+            lo = [min(a, float(s.min())) for a, s in zip(lo, pending)]
+            hi = [max(a, float(s.max())) for a, s in zip(hi, pending)]
+            nxt = next_states(x, pending)
+            outside = np.zeros(len(x), bool)
+            for a, b, s in zip(lo, hi, nxt):
+                outside |= ((s < a) | (s > b)).reshape(len(x), -1).any(axis=1)
+            if not outside.any():
+                return rows
+            pending, at = [s[outside] for s in nxt], at[outside]
+        log.warning("calibration: states still leave the fed range after %d continued steps; a "
+                    "state input may get a slightly different grid than its output", rounds)
+        return rows
+
+
+def calibration_set(X: np.ndarray, qc: QuantizeConfig) -> Calibration:
+    """Up to ``qc.calibration_sequences`` of the training windows ``X`` ``[m, T, F]``, and a
+    no-reset stream of ``qc.calibration_stream_steps`` samples of them back to back."""
+    rng = np.random.default_rng(qc.seed)
+    windows = X[rng.permutation(len(X))[: qc.calibration_sequences]].astype(np.float32)
+    order = rng.integers(0, len(windows), size=qc.calibration_stream_steps // X.shape[1] + 1)
+    stream = windows[order].reshape(1, -1, X.shape[2])[:, : qc.calibration_stream_steps]
+    return Calibration(windows, stream, qc.seed + 1)
+
+
+def calibration_inputs(step: StepModel, cal: Calibration) -> list[dict[str, np.ndarray]]:
+    """Step-model input dicts ``{x, state...}`` (batch 1) from float rollouts of ``cal``.
+
+    Every step of every rollout is fed, and so is every state a rollout ends in, continued
+    as a stream until no step produces a state outside the states already fed. Each state
+    input then spans exactly the range of its output twin (the converter calibrates
+    min/max), so both land on one integer grid and carrying a state to the next step is
+    exact instead of rounding it again, every step, onto a slightly different grid.
+    """
+    rows: list[tuple[np.ndarray, list[np.ndarray]]] = []  # (x [n, F], states [n, ...])
+    finals = []
+    for X in cal.rollouts():
+        _, fed, last = step.rollout(X)
+        rows += [(X[:, t], fed[t]) for t in range(X.shape[1])]
+        finals.append(last)
+    pending = [np.concatenate(parts) for parts in zip(*finals)]
+    lo = [min(float(r[1][k].min()) for r in rows) for k in range(len(pending))]
+    hi = [max(float(r[1][k].max()) for r in rows) for k in range(len(pending))]
+
+    def next_states(x, states):
+        out = step.step(tf.constant(x), *[tf.constant(s) for s in states])
+        return [out[spec.output].numpy() for spec in step.states]
+
+    rows += cal.continue_until_closed(next_states, pending, lo, hi)
+    return [_one(step, x[i], [s[i] for s in states]) for x, states in rows for i in range(len(x))]
 
 
 def _one(step: StepModel, x: np.ndarray, states: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -86,7 +154,8 @@ def tensor_map(model: bytes) -> dict[str, TensorSpec]:
 
 
 def quantization_summary(model: bytes, variant: str) -> dict:
-    """Exactly what a model file quantizes: op counts by compute dtype, I/O dtypes, weights."""
+    """Exactly what a model file quantizes: op counts by compute dtype, I/O dtypes, the
+    integer grid of each float input/output inside the model, constant (weight) dtypes."""
     it = _interpreter(model)
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     ops: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -112,5 +181,29 @@ def quantization_summary(model: bytes, variant: str) -> dict:
         "ops": {name: dict(c) for name, c in sorted(ops.items())},
         "float_ops": dict(float_ops),
         "io": io,
+        "io_grids": io_grids(it),
         "constant_dtypes": dict(constants),
     }
+
+
+def io_grids(it) -> dict[str, dict]:
+    """Signature name -> the integer grid the model converts that float input/output to/from
+    (``scale``, ``zero_point``, ``dtype``, and the ``range`` it can hold). A state's input
+    and output twin on the same grid are carried from step to step without rounding."""
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    runner = it.get_signature_runner(SIGNATURE_KEY)
+    ops = it._get_ops_details()
+    grids = {}
+    for details, kind, side in ((runner.get_input_details(), "QUANTIZE", "outputs"),
+                                (runner.get_output_details(), "DEQUANTIZE", "inputs")):
+        for name, d in details.items():
+            for op in ops:
+                ends = op["inputs"] if side == "outputs" else op["outputs"]
+                if op["op_name"] == kind and d["index"] in ends:
+                    t = tensors[op[side][0]]
+                    scale, zero = t["quantization"]
+                    info = np.iinfo(t["dtype"])
+                    grids[name] = {"dtype": np.dtype(t["dtype"]).name, "scale": float(scale),
+                                   "zero_point": int(zero),
+                                   "range": [float((info.min - zero) * scale), float((info.max - zero) * scale)]}
+    return grids

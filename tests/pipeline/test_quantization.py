@@ -1,0 +1,152 @@
+"""Quantization: the int8 simulation used for fine-tuning, the calibration that keeps a
+carried state on one grid, the effect of quantization-aware fine-tuning on a small
+model, and what the manifest records about each variant."""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from pipeline import convert as conv
+from pipeline.config import load_config
+from pipeline.data import split, synthetic
+from pipeline.stepmodel import SIGNATURE_KEY, StepModel, keras_sequence_outputs
+from pipeline.train import Int8StepSim, fake_quant, quantization_aware_finetune, train
+from runtime.contract import load_contract
+from runtime.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small stacked LSTM trained briefly (no fine-tuning), its data and config."""
+    cfg = load_config(data={"sequences": 500, "seed": 3}, model={"units": [12, 6]},
+                      train={"epochs": 8, "verbose": 0, "qat_epochs": 0})
+    sp = split(synthetic(cfg.data), cfg.data)
+    return cfg, sp, train(sp, cfg.model, cfg.train).model
+
+
+def _copy(model: keras.Model) -> keras.Model:
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _int8_errors(model: keras.Model, sp, tmp_path) -> dict[str, float]:
+    """p99 |y_int8 - y_keras| over every prefix of the test windows and over a no-reset stream."""
+    step = StepModel.from_keras(model)
+    calibration = conv.calibration_inputs(step, sp.X_train[:150], 400, np.random.default_rng(0))
+    blob = conv.convert(step.save(tmp_path / f"sm_{id(model)}"), "int8", calibration)
+    stream = sp.X_test[np.random.default_rng(1).integers(0, len(sp.X_test), 100)].reshape(1, -1, sp.features)
+    out = {}
+    for name, X in (("windows", sp.X_test), ("stream", stream)):
+        ref = keras_sequence_outputs(model, X)
+        out[name] = float(np.percentile(np.abs(_run_tflite(blob, step, X) - ref), 99))
+    return out
+
+
+def _run_tflite(blob: bytes, step: StepModel, X: np.ndarray) -> np.ndarray:
+    runner = Interpreter(model_content=blob).get_signature_runner(SIGNATURE_KEY)
+    states = {s.input: np.zeros((X.shape[0], *s.shape), np.float32) for s in step.states}
+    ys = []
+    for t in range(X.shape[1]):
+        out = runner(x=X[:, t].astype(np.float32), **states)
+        ys.append(out["y"])
+        states = {s.input: out[s.output] for s in step.states}
+    return np.stack(ys, axis=1)
+
+
+def test_fake_quant_rounds_onto_the_int8_grid_with_straight_through_gradient():
+    v = tf.constant([-3.0, -1.0, 0.0, 0.013, 0.5, 2.9, 5.0])
+    with tf.GradientTape() as tape:
+        tape.watch(v)
+        q = fake_quant(v, -1.0, 3.0)
+    scale = 4.0 / 255
+    np.testing.assert_allclose(q.numpy()[[1, 2]], [-1.0 + 0.0, 0.0], atol=scale / 2)
+    assert q.numpy()[2] == 0.0  # zero is exactly representable
+    grid = (q.numpy()[1:6] - q.numpy()[2]) / scale
+    np.testing.assert_allclose(grid, np.round(grid), atol=1e-4)  # every value on the grid
+    assert q.numpy()[-1] == pytest.approx(3.0, abs=scale)  # clamped to the range
+    assert q.numpy()[0] == pytest.approx(-1.0, abs=scale)
+    np.testing.assert_array_equal(tape.gradient(q, v).numpy(), np.ones(7))
+
+
+def test_simulated_step_graph_in_float_is_the_keras_model(small):
+    _, sp, model = small
+    sim = Int8StepSim(model)
+    X = sp.X_test[:16]
+    states, ys = sim.zero_states(len(X)), []
+    for t in range(X.shape[1]):
+        y, _, states, _ = sim.step(tf.constant(X[:, t]), states)
+        ys.append(y.numpy())
+    np.testing.assert_allclose(np.stack(ys, 1), keras_sequence_outputs(model, X), atol=1e-5)
+    assert set(sim.groups) >= {"x", "0.z", "0.c", "0.h", "1.c", "logits"}
+    assert sim.groups["0.z"] == 4  # one range per gate, as the per-gate layout converts
+
+
+def test_calibration_puts_each_state_input_on_its_output_grid(small, tmp_path):
+    _, sp, model = small
+    step = StepModel.from_keras(model)
+    calibration = conv.calibration_inputs(step, sp.X_train[:60], 200, np.random.default_rng(0))
+    saved = step.save(tmp_path / "sm")
+    for variant in ("int16x8", "int8"):
+        grids = conv.quantization_summary(conv.convert(saved, variant, calibration), variant)["io_grids"]
+        for s in step.states:
+            assert grids[s.input]["scale"] == pytest.approx(grids[s.output]["scale"], rel=1e-5), (variant, s.name)
+            assert grids[s.input]["zero_point"] == grids[s.output]["zero_point"], (variant, s.name)
+        assert grids["y"]["dtype"] == ("int16" if variant == "int16x8" else "int8")
+
+
+def test_quantization_aware_finetuning_reduces_int8_error(small, tmp_path):
+    cfg, sp, model = small
+    naive = _int8_errors(model, sp, tmp_path)
+    tuned = _copy(model)
+    qat = dataclasses.replace(cfg.train, qat_epochs=6, qat_stream_steps=28, qat_streams=8)
+    history = quantization_aware_finetune(tuned, sp, qat)
+    assert len(history["qat_drift"]) == 6 and history["qat_drift"][-1] < history["qat_drift"][0]
+    after = _int8_errors(tuned, sp, tmp_path)
+    assert after["windows"] < 0.7 * naive["windows"], (naive, after)
+    assert after["stream"] < 0.7 * naive["stream"], (naive, after)
+    accuracy = np.mean((keras_sequence_outputs(tuned, sp.X_test)[:, -1, 0] >= 0.5) == sp.y_test)
+    assert accuracy >= 0.9
+    # Still a plain Keras model that the float step model rebuilds exactly.
+    ys, _, _ = StepModel.from_keras(tuned).rollout(sp.X_test[:32])
+    np.testing.assert_allclose(ys, keras_sequence_outputs(tuned, sp.X_test[:32]), atol=1e-5)
+
+
+def test_finetuning_skips_architectures_it_does_not_simulate(small):
+    cfg, sp, _ = small
+    model = keras.Sequential([keras.Input((sp.steps, sp.features)), keras.layers.GRU(4),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    before = [w.copy() for w in model.get_weights()]
+    assert quantization_aware_finetune(model, sp, dataclasses.replace(cfg.train, qat_epochs=1)) is None
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [{"qat_epochs": -1}, {"qat_state_bound": 0.0}, {"qat_margin": -0.1},
+                                 {"qat_stream_steps": 0}])
+def test_bad_finetuning_settings_are_refused(bad):
+    with pytest.raises(ConfigError, match="qat"):
+        load_config(train=bad)
+
+
+def test_manifest_records_what_each_variant_quantizes(tiny_artifacts):
+    contract = load_contract(tiny_artifacts)
+    q = {name: v.quantization for name, v in contract.variants.items()}
+    assert q["float32"]["scheme"] == "none" and q["float32"]["io_grids"] == {}
+    assert set(q["float32"]["ops"]["FULLY_CONNECTED"]) == {"float32"}
+    for variant, dtype in (("int16x8", "int16"), ("int8", "int8")):
+        summary = q[variant]
+        assert summary["float_ops"] == {}, f"{variant} computes some ops in float"
+        for op in ("FULLY_CONNECTED", "ADD", "MUL", "LOGISTIC", "TANH"):
+            assert set(summary["ops"][op]) == {dtype}, (variant, op, summary["ops"][op])
+        assert summary["constant_dtypes"].get("int8", 0) > 0  # weights
+        assert set(summary["io"].values()) == {"float32"}  # the runtime feeds floats
+        for s in contract.states:  # every state is carried on one integer grid
+            assert summary["io_grids"][s.input]["dtype"] == dtype
+            assert summary["io_grids"][s.input]["scale"] == pytest.approx(
+                summary["io_grids"][s.output]["scale"], rel=1e-5)
