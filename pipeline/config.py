@@ -180,13 +180,16 @@ def _validate(cfg: BuildConfig) -> None:
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.learning_rate <= 0:
         raise ConfigError("[train] epochs, batch_size and learning_rate must be positive")
     t = cfg.train
-    if t.qat_epochs < 0 or t.qat_learning_rate <= 0 or min(t.qat_streams, t.qat_stream_steps,
-                                                             t.qat_stream_restart) < 1:
-        raise ConfigError("[train] qat_epochs must be >= 0; qat_learning_rate, qat_streams, "
-                          "qat_stream_steps and qat_stream_restart must be positive")
-    if min(t.qat_consistency, t.qat_penalty, t.qat_margin, t.qat_margin_weight, t.qat_prefix_weight) < 0 \
-            or min(t.qat_state_bound, t.qat_logit_bound) <= 0:
-        raise ConfigError("[train] qat weights and margin must be >= 0 and qat bounds positive")
+    positive = ("qat_learning_rate", "qat_streams", "qat_stream_steps", "qat_stream_restart",
+                "qat_state_bound", "qat_logit_bound")
+    non_negative = ("qat_epochs", "qat_prefix_weight", "qat_consistency", "qat_penalty", "qat_margin",
+                    "qat_margin_weight")
+    for name in positive:
+        if not getattr(t, name) > 0:
+            raise ConfigError(f"[train] {name} must be positive (got {getattr(t, name)})")
+    for name in non_negative:
+        if not getattr(t, name) >= 0:
+            raise ConfigError(f"[train] {name} must be >= 0 (got {getattr(t, name)})")
 
 
 def _toml_value(v: Any) -> str:

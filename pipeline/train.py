@@ -6,8 +6,8 @@ After the usual fit, a stack of LSTM layers under a Dense head is fine-tuned
 loss adds how far the int8 outputs drift from float at every step of training windows and
 of no-reset streams, trains every prefix's output as an early prediction of the label,
 and penalises what int8 holds coarsely (cell states and logits beyond a bound) and
-decisions within a margin of the class boundary. The epoch whose simulated int8 model
-scores best on the validation set is kept. The result is still a plain Keras model that
+decisions within a margin of the class boundary. The fine-tuned model is kept only if
+its simulated int8 model scores better on the validation set than the model before. The result is still a plain Keras model that
 the float step model rebuilds exactly.
 """
 from __future__ import annotations
