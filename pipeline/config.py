@@ -7,6 +7,7 @@ refused by name. The resolved configuration is saved next to the artifacts
 from __future__ import annotations
 
 import dataclasses
+import operator
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,12 +185,12 @@ def _validate(cfg: BuildConfig) -> None:
                 "qat_state_bound", "qat_logit_bound")
     non_negative = ("qat_epochs", "qat_prefix_weight", "qat_consistency", "qat_penalty", "qat_margin",
                     "qat_margin_weight")
-    for name in positive:
-        if not getattr(t, name) > 0:
-            raise ConfigError(f"[train] {name} must be positive (got {getattr(t, name)})")
-    for name in non_negative:
-        if not getattr(t, name) >= 0:
-            raise ConfigError(f"[train] {name} must be >= 0 (got {getattr(t, name)})")
+    rules = {**dict.fromkeys(positive, (operator.gt, "positive")),
+             **dict.fromkeys(non_negative, (operator.ge, ">= 0"))}
+    for name, (holds, words) in rules.items():
+        value = getattr(t, name)
+        if not holds(value, 0):  # also refuses NaN
+            raise ConfigError(f"[train] {name} must be {words} (got {value})")
 
 
 def _toml_value(v: Any) -> str:

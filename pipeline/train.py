@@ -7,8 +7,8 @@ loss adds how far the int8 outputs drift from float at every step of training wi
 of no-reset streams, trains every prefix's output as an early prediction of the label,
 and penalises what int8 holds coarsely (cell states and logits beyond a bound) and
 decisions within a margin of the class boundary. The fine-tuned model is kept only if
-its simulated int8 model scores better on the validation set than the model before. The result is still a plain Keras model that
-the float step model rebuilds exactly.
+its simulated int8 model scores better on the validation set than the model before. The
+result is still a plain Keras model that the float step model rebuilds exactly.
 """
 from __future__ import annotations
 
