@@ -16,7 +16,6 @@ the ``cobs`` protocol.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence, Union
 
@@ -27,13 +26,14 @@ from runtime.errors import FrameError
 MAX_LINE = 1024  # bytes of one line, its "\n" / "\r\n" excluded
 REASONS = ("not_numeric", "field_count", "non_finite", "line_too_long", "unknown_name", "bad_encoding")
 
-_SEPARATORS = re.compile(r"[, \t]+")
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
-_PAIR_COLON = re.compile(r"[ \t]*:[ \t]*")
-# The common line, numbers and separators only, parsed straight from the bytes.
-_NUMBER_BYTES = re.compile(_NUMBER.pattern.encode())
-_NUMERIC_ROW = re.compile(b"[, \t]*%s(?:[, \t]+%s)*[, \t]*\r?" % (_NUMBER.pattern.encode(), _NUMBER.pattern.encode()))
+# No regular expression touches a line: every step below is one pass over it (linear
+# time, whatever the bytes). A number is a token made only of these characters that
+# Python's float() accepts, i.e. [+-](digits[.digits]|.digits)[(e|E)[+-]digits].
+_NUMBER_CHARS = "0123456789+-.eE"
+_NOT_NUMBER = str.maketrans("", "", _NUMBER_CHARS)
+_NUMERIC_ROW_BYTES = (_NUMBER_CHARS + ", \t").encode()  # what the shortcut's lines are made of
+_TO_SPACE = str.maketrans(",\t", "  ")
+_NON_FINITE_WORDS = frozenset(("nan", "inf", "infinity"))
 FLOAT32_OVERFLOW = 3.4028235677973366e38  # FLT_MAX + half an ulp: |v| >= this rounds to inf
 
 
@@ -104,17 +104,23 @@ class TextParser:
     def parse_line(self, line: bytes, received: float = 0.0) -> Optional[Event]:
         """One line (no ``\\n``) -> event, ``None`` for a blank line; raises ``FrameError``.
         ``received`` goes into a ``Sample`` or ``Reset``."""
-        if len(line) <= self.max_line and _NUMERIC_ROW.fullmatch(line):
-            values = self._numeric_row(line)
+        body = line[:-1] if line.endswith(b"\r") else line
+        if len(line) <= self.max_line and not body.translate(None, _NUMERIC_ROW_BYTES):
+            values = self._numeric_row(body)
             if values is not None:
                 return Sample(values, None, received)
         return self.parse_text(line, received)
 
-    def _numeric_row(self, line: bytes) -> Optional[np.ndarray]:
-        """A line of numbers and separators only -> its values; ``None`` where the
-        general path must decide (another field count, a value beyond float32)."""
-        values = [float(t) for t in _NUMBER_BYTES.findall(line)]
-        if len(values) != len(self.feature_names):
+    def _numeric_row(self, body: bytes) -> Optional[np.ndarray]:
+        """A line of number characters and separators only -> its values; ``None``
+        where the general path must decide (no number, another field count, a value
+        beyond float32)."""
+        tokens = body.replace(b",", b" ").split()
+        if len(tokens) != len(self.feature_names):
+            return None
+        try:
+            values = [float(t) for t in tokens]
+        except ValueError:
             return None
         for v in values:
             if v >= FLOAT32_OVERFLOW or v <= -FLOAT32_OVERFLOW:
@@ -140,10 +146,12 @@ class TextParser:
         if text.startswith("#"):
             body = text[1:].strip()
             return Reset(None, received) if body.lower() == "reset" else Comment(body)
-        tokens = [t for t in _SEPARATORS.split(_PAIR_COLON.sub(":", text)) if t]
+        if ":" in text:  # "ax : 1" -> "ax:1"; text has no blanks at either end
+            text = ":".join(part.strip(" \t") for part in text.split(":"))
+        tokens = [t for t in text.translate(_TO_SPACE).split(" ") if t]
         if any(":" in t for t in tokens):
             return Sample(self._pairs(tokens), None, received)
-        if all(_NUMBER.fullmatch(t) for t in tokens):
+        if all(_as_number(t) is not None for t in tokens):
             return Sample(self._columns(tokens), None, received)
         return self._header_or_reject(tokens)
 
@@ -184,12 +192,12 @@ class TextParser:
             self.order = tuple(self._index[t] for t in tokens)
             self._permutation = None if self.order == tuple(range(self.features)) else list(self.order)
             return Header(tuple(tokens))
-        finite_or_not = [t for t in tokens if not _NON_FINITE.fullmatch(t)]
+        finite_or_not = [t for t in tokens if not _is_non_finite(t)]
         for token in finite_or_not:
             _number(token)  # raises not_numeric for the first token that is no number at all
         if len(tokens) != self.features:
             raise FrameError("field_count", f"{len(tokens)} values, expected {self.features}")
-        bad = next(t for t in tokens if _NON_FINITE.fullmatch(t))
+        bad = next(t for t in tokens if _is_non_finite(t))
         raise FrameError("non_finite", f"value {bad!r}")
 
 
@@ -218,10 +226,27 @@ def format_prediction(outputs: Iterable[float], label: str) -> bytes:
     return f"p={values} c={label}\n".encode("utf-8")
 
 
-def _number(token: str) -> float:
-    if _NUMBER.fullmatch(token):
+def _as_number(token: str) -> Optional[float]:
+    """The value of a number token, ``None`` if ``token`` is not one."""
+    if not token or token.translate(_NOT_NUMBER):
+        return None
+    try:
         return float(token)
-    if _NON_FINITE.fullmatch(token):
+    except ValueError:  # e.g. "1e", "+-1", "1.2.3"
+        return None
+
+
+def _is_non_finite(token: str) -> bool:
+    """``nan``, ``inf`` or ``infinity``, any case, with an optional sign."""
+    word = token[1:] if token[:1] in ("+", "-") else token
+    return len(word) <= 8 and word.lower() in _NON_FINITE_WORDS
+
+
+def _number(token: str) -> float:
+    value = _as_number(token)
+    if value is not None:
+        return value
+    if _is_non_finite(token):
         raise FrameError("non_finite", f"value {token!r}")
     shown = token if len(token) <= 20 else token[:20] + "..."
     raise FrameError("not_numeric", f"{shown!r} is not a number")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -254,3 +255,63 @@ def test_received_time_is_carried_into_events(parser):
     assert parser.parse_line(b"1,2,3", 12.5).received == 12.5  # the numeric-row shortcut
     assert parser.parse_line(b"ax:1 ay:2 az:3", 13.0).received == 13.0
     assert parser.parse_line(b"#reset", 14.0) == Reset(None, 14.0)
+
+
+_row_byte = st.sampled_from(list(b"0123456789+-.eE, \t:#\rxan") + [0xff, 0xc3])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_row_byte, max_size=60).map(bytes), st.sampled_from([None, b"az,ax,ay"]))
+def test_shortcut_agrees_with_the_general_parser_on_any_mix_of_number_bytes(line, header):
+    fast, general = TextParser(NAMES), TextParser(NAMES)
+    if header is not None:
+        fast.parse_line(header)
+        general.parse_text(header)
+    assert _outcome(fast.parse_line, line) == _outcome(general.parse_text, line)
+
+
+# --------------------------------------------------------------- adversarial lines
+
+def _up_to_cap(unit: bytes, tail: bytes = b"x") -> bytes:
+    return unit * ((MAX_LINE - len(tail)) // len(unit)) + tail
+
+
+ADVERSARIAL = {
+    "short backtracking line": b"11111," * 12 + b"x",
+    "realistic line with a unit": b"1023,512,498,1000,2000,3000,4000,1234,4321,1111,2222,3333mV",
+    "repeated fields then junk": _up_to_cap(b"11111,"),
+    "one long number then junk": _up_to_cap(b"1"),
+    "digits and dots": _up_to_cap(b"1."),
+    "exponents": _up_to_cap(b"1e1"),
+    "signs": _up_to_cap(b"+-"),
+    "separator runs": b"1" + b" ,\t" * 340 + b"x",
+    "blank runs without a colon": b"1" + b" " * (MAX_LINE - 2) + b"x",
+    "colons": b":" * MAX_LINE,
+    "blanks around colons": _up_to_cap(b" : "),
+    "pairs without names": _up_to_cap(b":1 "),
+    "pairs of one name": _up_to_cap(b"ax:1 "),
+    "header words": _up_to_cap(b"ax,"),
+    "non-finite words": _up_to_cap(b"nan,"),
+    "a number at the cap": b"1" * MAX_LINE,
+    "over the cap": b"11111," * 1000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_lines_finish_in_linear_time(name):
+    """Each line takes microseconds; a backtracking parse took seconds to minutes on the
+    first two. The limit is generous (a thousand times the expected time) so that a
+    loaded machine cannot fail it, yet any super-linear parse blows through it."""
+    line = ADVERSARIAL[name]
+    assert len(line) <= MAX_LINE or name == "over the cap"
+    best = float("inf")
+    for _ in range(3):
+        parser = TextParser(NAMES)
+        started = time.process_time()
+        for _ in range(10):
+            try:
+                parser.parse_line(line)
+            except FrameError as e:
+                assert e.reason in REASONS
+        best = min(best, (time.process_time() - started) / 10)
+    assert best < 0.05, f"{name}: {best * 1e3:.1f} ms for {len(line)} bytes"
