@@ -9,7 +9,7 @@ PORT_DIR    := build/demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-SOURCES := $(wildcard pipeline/*.py runtime/*.py firmware_bridge/*.py)
+SOURCES := $(wildcard pipeline/*.py runtime/*.py firmware_bridge/*.py stepwise_cli/*.py)
 
 .PHONY: tools build test test-build test-device serve bench bundle clean env device-env
 
@@ -45,12 +45,12 @@ tools:
 
 test: tools $(VENV)/.installed $(DEVICE_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
 	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests
-	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE_VENV)/bin/pytest -q tests/runtime tests/firmware_bridge
+	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE_VENV)/bin/pytest -q tests/runtime tests/firmware_bridge tests/stepwise_cli tests/test_architecture.py
 
 ## Demo, bench, bundle --------------------------------------------------------------
 serve: $(DEVICE_VENV)/.installed
 	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build
-	$(DEVICE_VENV)/bin/python -m firmware_bridge.demo --artifacts $(ARTIFACTS)
+	$(DEVICE_VENV)/bin/python -m stepwise_cli.demo --artifacts $(ARTIFACTS)
 
 bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.engine import Engine
-from runtime.store import FileSystem, StateStore
+from runtime.atomic import FileSystem
+from runtime.store import StateStore
 from runtime.store_format import encode_checkpoint
 
 SECONDS_PER_DAY = 86_400

@@ -7,6 +7,7 @@ code is non-zero only when a measurement could not be made.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -17,7 +18,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
 from bench.daemon_bench import BenchError, run_daemon_bench
@@ -93,8 +93,7 @@ def _latency_probe(python, artifacts: Path, backend: str, plan: Plan, lanes=True
 
 def _daemon_command(device_python: Path, artifacts: Path, state_dir: Path) -> list[str]:
     stepwise = device_python.parent / "stepwise"
-    head = [str(stepwise)] if stepwise.exists() else [str(device_python), "-c",
-                                                       "from runtime.cli import main; main()"]
+    head = [str(stepwise)] if stepwise.exists() else [str(device_python), "-m", "stepwise_cli"]
     return head + ["-q", "serve", "--protocol", "text", "--state-dir", str(state_dir),
                    "--artifacts", str(artifacts), "--backend", DEVICE_BACKEND]
 
@@ -180,28 +179,47 @@ def run_bench(artifacts: Path, device_python: Path, plan: Plan, out: Path, smoke
     return write_outputs(results, out)
 
 
-@click.command()
-@click.option("--artifacts", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Built artifacts folder (manifest.json, model.keras, step models).")
-@click.option("--device-python", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The device environment's python (tflite-runtime, no TensorFlow).")
-@click.option("--steps", type=click.IntRange(min=10), default=None,
-              help="Timed steps per latency row (default 10000; --smoke: 200).")
-@click.option("--smoke", is_flag=True, help="Few steps everywhere: checks that the bench runs.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: <artifacts>/bench).")
-def main(artifacts: Path, device_python: Path, steps: int | None, smoke: bool, out: Path | None) -> None:
-    """Per-step latency, daemon, process, flash and scale figures: stepwise next to the usual ways."""
+def _at_least_10(text: str) -> int:
+    value = int(text)
+    if value < 10:
+        raise argparse.ArgumentTypeError(f"{value} is smaller than the minimum 10")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=(
+        "Per-step latency, daemon, process, flash and scale figures: stepwise next to the usual ways."))
+    p.add_argument("--artifacts", required=True, type=Path,
+                   help="Built artifacts folder (manifest.json, model.keras, step models).")
+    p.add_argument("--device-python", required=True, type=Path,
+                   help="The device environment's python (tflite-runtime, no TensorFlow).")
+    p.add_argument("--steps", type=_at_least_10, default=None,
+                   help="Timed steps per latency row (default 10000; --smoke: 200).")
+    p.add_argument("--smoke", action="store_true", help="Few steps everywhere: checks that the bench runs.")
+    p.add_argument("--out", type=Path, default=None, help="Output folder (default: <artifacts>/bench).")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.artifacts.is_dir():
+        parser.error(f"--artifacts {args.artifacts}: not a folder")
+    if not args.device_python.is_file():
+        parser.error(f"--device-python {args.device_python}: not a file")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    artifacts = artifacts.absolute()
-    plan = Plan.make(steps, smoke)
+    artifacts = args.artifacts.absolute()
+    plan = Plan.make(args.steps, args.smoke)
+    out = (args.out or artifacts / "bench").absolute()
     try:
-        text = run_bench(artifacts, device_python.absolute(), plan, (out or artifacts / "bench").absolute(), smoke)
+        text = run_bench(artifacts, args.device_python.absolute(), plan, out, args.smoke)
     except StepwiseError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(text)
+        sys.stderr.write(f"Error: {e}\n")
+        return 1
+    sys.stdout.write(text + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,11 +20,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
-from runtime.contract import (ModelContract, VariantSpec, atomic_write_bytes, load_contract,
-                              read_model_bytes)
+from runtime.atomic import atomic_write_bytes
+from runtime.contract import ModelContract, VariantSpec, read_model_bytes
 from runtime.errors import ContractError
 
 log = logging.getLogger(__name__)
@@ -419,15 +418,3 @@ def export_c(contract: ModelContract, artifacts_dir: str | os.PathLike,
         paths.append(out / fname)
     log.info("export-c: %d files in %s", len(paths), out)
     return paths
-
-
-@click.command("export-c")
-@click.option("--artifacts", default="artifacts", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Built artifacts folder.")
-@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder  [default: <artifacts>/firmware]")
-def export_c_cmd(artifacts: Path, out: Path | None) -> None:
-    """Model arrays (<variant>_model_data.h/.cc) and stepwise_model.h for firmware."""
-    contract = load_contract(artifacts)
-    for path in export_c(contract, artifacts, out):
-        click.echo(str(path))

@@ -12,7 +12,7 @@ path, ``loop://``, ``socket://host:port``, ``spy://...``) and reads it in pyseri
   match the feature count, sequence gaps are counted as ``dropped``.
 
 Accepted ``Sample`` and ``Reset`` events go into a bounded queue
-(``firmware_bridge.events.EventQueue``), everything one read of the port returned in one
+(``firmware_bridge.event_queue.EventQueue``), everything one read of the port returned in one
 batch, read with ``Link.get(timeout)`` or ``Link.get_many(limit, timeout)``. When the
 queue stays full for ``put_timeout`` seconds the new events are dropped and counted as
 ``overflow``: the reader thread never blocks for
@@ -28,22 +28,23 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import serial
 from serial.threaded import Packetizer
 
 from firmware_bridge import cobs
-from firmware_bridge.events import EventQueue
+from firmware_bridge.event_queue import EventQueue
 from firmware_bridge.reconnect import PORT_ERRORS, Backoff, PortSupervisor, RateLimitedLog
-from firmware_bridge.text import MAX_LINE, Comment, Header, Reset, Sample, TextParser, format_prediction
+from firmware_bridge.text import MAX_LINE, Comment, Header, TextParser, format_prediction
 from runtime.errors import FrameError, PortError
+from runtime.events import Reset, Sample, SourceEvent
 
 log = logging.getLogger("firmware_bridge.link")
 
 PROTOCOLS = ("text", "cobs")
-LinkEvent = Union[Sample, Reset]
+LinkEvent = SourceEvent
 
 __all__ = ["Link", "LinkCounters", "LinkEvent", "Sample", "Reset", "PROTOCOLS"]
 

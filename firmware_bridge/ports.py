@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import select
@@ -25,7 +24,6 @@ import tty
 from pathlib import Path
 from typing import Optional, Protocol
 
-import click
 import serial
 from serial.tools import list_ports
 
@@ -261,19 +259,10 @@ def list_serial_ports() -> list[dict]:
     return rows
 
 
-@click.command("ports")
-@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
-def ports_cmd(as_json: bool) -> None:
-    """List serial ports (device, description, VID:PID, serial number, manufacturer)."""
-    rows = list_serial_ports()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no serial ports found", err=True)
-        return
+def format_port_table(rows: list[dict]) -> list[str]:
+    """``list_serial_ports()`` rows as the lines of an aligned table, titles first."""
     columns = ("device", "description", "vid_pid", "serial_number", "manufacturer")
     titles = ("DEVICE", "DESCRIPTION", "VID:PID", "SERIAL", "MANUFACTURER")
     widths = [max(len(t), *(len(r[c]) for r in rows)) for c, t in zip(columns, titles)]
-    for values in [titles] + [tuple(r[c] for c in columns) for r in rows]:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip())
+    return ["  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+            for values in [titles] + [tuple(r[c] for c in columns) for r in rows]]

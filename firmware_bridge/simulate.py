@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
-import click
 import numpy as np
 
 from firmware_bridge import cobs
@@ -312,61 +311,42 @@ class _Pacer:
         return not self.stop.is_set()
 
 
-# ----------------------------------------------------------------------------- command
+# ----------------------------------------------------------------------------- one run
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+@dataclass(frozen=True)
+class SimulateOptions:
+    """One ``stepwise simulate`` run: exactly one of ``url`` (pyserial URL or device path)
+    and ``pty_link`` (a pseudo-terminal behind that symlink)."""
 
-_probability = click.FloatRange(0.0, 1.0)
+    input_path: Path
+    url: Optional[str] = None
+    pty_link: Optional[str] = None
+    baud: int = 115200
+    rate: float = 0.0
+    protocol: str = "text"
+    header: bool = False
+    reset_between: bool = True
+    repeat: int = 1
+    faults: Faults = field(default_factory=Faults)
 
 
-@click.command("simulate")
-@click.option("--port", "url", metavar="URL", help="pyserial URL or device path to write to.")
-@click.option("--pty", "pty_link", metavar="LINK", type=click.Path(dir_okay=False),
-              help="Instead of --port: create a pseudo-terminal and point the symlink LINK at it "
-                   "(then run 'stepwise serve --port LINK').")
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Data file (.npz or .csv) whose samples are sent.")
-@click.option("--baud", default=115200, show_default=True, type=click.IntRange(min=1))
-@click.option("--rate", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="Samples per second (0: as fast as possible).")
-@click.option("--protocol", type=click.Choice(["text", "cobs"]), default="text", show_default=True)
-@click.option("--header/--no-header", default=False, show_default=True,
-              help="text: send a header line of the data file's feature names first.")
-@click.option("--reset-between/--no-reset-between", default=True, show_default=True,
-              help="Send #reset / a RESET frame between sequences.")
-@click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Times to send the whole file (0: forever).")
-@click.option("--drop", default=0.0, type=_probability, help="Probability a sample is never sent.")
-@click.option("--corrupt", default=0.0, type=_probability, help="Probability a sample is sent damaged.")
-@click.option("--garbage", default=0.0, type=_probability, help="Probability of a garbage line/frame before a sample.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fault injection.")
-@click.option("--disconnect-after", default=0, type=click.IntRange(min=0), metavar="N",
-              help="Unplug the port every N samples (0: never).")
-@click.option("--disconnect-wait", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="Seconds the port stays unplugged.")
-def simulate_cmd(url, pty_link, input_path, baud, rate, protocol, header, reset_between, repeat,
-                 drop, corrupt, garbage, seed, disconnect_after, disconnect_wait) -> None:
-    """Firmware emulator: stream a data file to a serial port, one sample at a time."""
-    if (url is None) == (pty_link is None):
-        raise click.UsageError("give exactly one of --port URL or --pty LINK")
-    sequences = read_sequences(input_path)
-    faults = Faults(drop, corrupt, garbage, disconnect_after, disconnect_wait, seed)
-    port = PtyPort(pty_link) if pty_link else UrlPort(url, baud)
-    if pty_link:
-        click.echo(f"simulated device on {port.device}, symlink {pty_link}: waiting for a reader", err=True)
-    simulator = FirmwareSimulator(port, sequences, protocol=protocol, rate=rate, header=header,
-                                  reset_between=reset_between, repeat=repeat, faults=faults)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM too unplugs cleanly
+def run_simulation(opts: SimulateOptions, announce: Callable[[str], None] = log.info) -> SimulatorReport:
+    """Stream ``opts.input_path`` to the port until done or ``KeyboardInterrupt``; the
+    port is closed either way. ``announce`` gets the one-line messages for the user."""
+    sequences = read_sequences(opts.input_path)
+    port = PtyPort(opts.pty_link) if opts.pty_link else UrlPort(opts.url, opts.baud)
+    if opts.pty_link:
+        announce(f"simulated device on {port.device}, symlink {opts.pty_link}: waiting for a reader")
+    simulator = FirmwareSimulator(port, sequences, protocol=opts.protocol, rate=opts.rate, header=opts.header,
+                                  reset_between=opts.reset_between, repeat=opts.repeat, faults=opts.faults)
     try:
         simulator.run()
         if simulator.report.replies:
             simulator.wait_replies()  # the receiver answers: let its last answers arrive
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        announce("interrupted")
     finally:
-        signal.signal(signal.SIGTERM, previous)
         simulator.close()
         port.close()
-    click.echo(simulator.report.summary())
+    return simulator.report

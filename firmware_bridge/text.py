@@ -11,8 +11,8 @@ are ignored.
 is dropped) and returns a ``Sample``, ``Reset``, ``Header``, ``Comment`` or ``None``
 (blank), or raises ``FrameError`` with one of the reasons in ``REASONS``.
 
-The events ``Sample`` and ``Reset`` are also what ``firmware_bridge.link`` delivers for
-the ``cobs`` protocol.
+``Sample`` and ``Reset`` are the protocol-neutral events of ``runtime.events``; the
+``cobs`` protocol delivers the same ones.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from runtime.errors import FrameError
+from runtime.events import Reset, Sample
 
 MAX_LINE = 1024  # bytes of one line, its "\n" / "\r\n" excluded
 REASONS = ("not_numeric", "field_count", "non_finite", "line_too_long", "unknown_name", "bad_encoding")
@@ -35,27 +36,6 @@ _NUMERIC_ROW_BYTES = (_NUMBER_CHARS + ", \t").encode()  # what the shortcut's li
 _TO_SPACE = str.maketrans(",\t", "  ")
 _NON_FINITE_WORDS = frozenset(("nan", "inf", "infinity"))
 FLOAT32_OVERFLOW = 3.4028235677973366e38  # FLT_MAX + half an ulp: |v| >= this rounds to inf
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class Sample:
-    """One sample from the device: ``values`` ``[features]`` float32, in manifest order.
-
-    ``seq`` is the frame sequence number (``cobs``; ``None`` for ``text``);
-    ``received`` is ``time.monotonic()`` when the link read it (0.0 from the parser).
-    """
-
-    values: np.ndarray
-    seq: Optional[int] = None
-    received: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Reset:
-    """The device asked for a new sequence (``#reset`` line or RESET frame)."""
-
-    seq: Optional[int] = None
-    received: float = 0.0
 
 
 @dataclass(frozen=True)

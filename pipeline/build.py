@@ -18,19 +18,24 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from firmware_bridge.export_c import export_c
+from pipeline import __version__
 from pipeline import convert as conv
+from pipeline import micro
+from pipeline.artifacts import MODEL_FILE, TEST_DATA, load_keras_model
 from pipeline.config import BuildConfig
 from pipeline.data import Split, load_training_data, split
 from pipeline.stepmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, StepModel, keras_sequence_outputs
 from pipeline.train import TrainResult, save_history, train
+from pipeline.verify import verify_all
 from runtime import contract as C
+from runtime.atomic import atomic_write_bytes
 from runtime.errors import DataError, VerificationError
 
 log = logging.getLogger(__name__)
 
-TEST_DATA = "test_data.npz"
-MODEL_FILE = "model.keras"
 STEP_PARITY_TF = 1e-5  # the TensorFlow step model itself, before conversion
 
 
@@ -60,18 +65,6 @@ def convert_artifacts(model_path: str | os.PathLike, data: str, cfg: BuildConfig
     sp = split(seqs, cfg.data, normalise=False)
     _check_data_fits(model, sp)
     return package(model, sp, cfg, Path(out), None, t0)
-
-
-def load_keras_model(path: str | os.PathLike) -> keras.Model:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"model file {path} does not exist")
-    if path.suffix not in (".keras", ".h5"):
-        raise DataError(f"{path}: expected a Keras model file (.keras or .h5)")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # keras raises many types for unreadable files
-        raise DataError(f"{path}: cannot load the Keras model: {type(e).__name__}: {e}") from None
 
 
 def _check_data_fits(model: keras.Model, sp: Split) -> None:
@@ -110,8 +103,6 @@ def _check_step_parity(model: keras.Model, step: StepModel, sp: Split) -> None:
 
 def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
            trained: TrainResult | None) -> tuple[C.ModelContract, dict]:
-    from pipeline.verify import verify_all
-
     model.save(stage / MODEL_FILE)
     (stage / "config.toml").write_text(cfg.to_toml())
     if trained is not None:
@@ -135,16 +126,12 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
     contract = _contract(step, sp, variants, default="float32" if "float32" in passed else passed[0])
     C.write_contract(contract, stage)
-    from firmware_bridge.export_c import export_c
-
     export_c(contract, stage)
     return contract, results
 
 
 def _micro_check(contract: C.ModelContract, stage: Path, sp: Split) -> dict[str, dict]:
     """Each variant through the TFLite Micro interpreter (arena size, parity with the engine)."""
-    from firmware_bridge import micro
-
     if not micro.micro_available():
         log.warning("tflite-micro is not installed: the microcontroller check is skipped")
         return {}
@@ -175,10 +162,6 @@ def _convert_variants(step: StepModel, sp: Split, cfg: BuildConfig, stage: Path)
 
 
 def _contract(step: StepModel, sp: Split, variants: dict[str, C.VariantSpec], default: str) -> C.ModelContract:
-    import tensorflow as tf
-
-    from pipeline import __version__
-
     units = step.units
     labels = tuple(str(i) for i in range(max(2, units) if step.output_kind == "sigmoid" else units))
     return C.ModelContract(
@@ -209,5 +192,5 @@ def _promote(stage: Path, out: Path) -> None:
             shutil.rmtree(target)
         os.replace(item, target)
     data = (stage / C.MANIFEST_NAME).read_bytes()
-    C.atomic_write_bytes(out / C.MANIFEST_NAME, data)
+    atomic_write_bytes(out / C.MANIFEST_NAME, data)
     json.loads(data)  # sanity: what we wrote parses

@@ -8,8 +8,8 @@ integer. TFLite Micro binds tensors by position, so names are mapped to position
 ``export_c.bind_variant`` (the model file's signature, checked against the manifest) and
 the interpreter's own input/output details are checked against those positions.
 
-The outputs are compared with the runtime engine on the same variant (DESIGN section 7
-bars), and the smallest tensor arena that allocates and invokes is found by bisection.
+The outputs are compared with the runtime engine on the same variant (the bars of
+docs/DESIGN.md, "Quality bars"), and the smallest tensor arena that allocates and invokes is found by bisection.
 The interpreter runs in a child process because it can crash the process outright (a
 too small arena, some unsupported models); a failure is reported, never raised:
 ``{"runs": False, "error": ..., "op": ...}``.
@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.export_c import bind_variant
+from runtime.affine import dequantize, quantize
 from runtime.contract import ModelContract, read_model_bytes
+from runtime.engine import Engine
 from runtime.errors import ConfigError, ContractError, DataError
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 900
 ARENA_ALIGN = 16
 ARENA_MAX = 256 * 1024 * 1024
-# DESIGN section 7, applied to micro vs engine on the same variant
+# docs/DESIGN.md "Quality bars", applied to micro vs engine on the same variant
 BARS = {"float32": {"max_abs": 1e-5},
         "int16x8": {"agreement": 0.999, "p99_abs": 0.01},
         "int8": {"agreement": 0.995, "p99_abs": 0.03, "max_abs": 0.10}}
@@ -106,7 +108,7 @@ def micro_outputs(contract: ModelContract, artifacts_dir: str | os.PathLike, var
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(
                 [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
             try:
-                proc = subprocess.run([sys.executable, "-m", "firmware_bridge.micro", str(work)],
+                proc = subprocess.run([sys.executable, "-m", "pipeline.micro", str(work)],
                                       stdout=subprocess.DEVNULL, stderr=logf, env=env, timeout=TIMEOUT_S)
                 code = proc.returncode
             except subprocess.TimeoutExpired:
@@ -141,8 +143,6 @@ def _collect(work: Path, code: int | None, variant: str) -> MicroRun:
 
 def engine_outputs(artifacts_dir: str | os.PathLike, variant: str, X_raw) -> np.ndarray:
     """The runtime engine's outputs ``[m, T, units]``, each sequence from a reset state."""
-    from runtime.engine import Engine
-
     engine = Engine.load(artifacts_dir, variant=variant, lanes=1, reset="never")
     X = np.asarray(X_raw, np.float32)
     y = np.zeros((*X.shape[:2], engine.output.units), np.float32)
@@ -154,7 +154,7 @@ def engine_outputs(artifacts_dir: str | os.PathLike, variant: str, X_raw) -> np.
 
 
 def compare(contract: ModelContract, variant: str, y_micro: np.ndarray, y_engine: np.ndarray) -> dict:
-    """Micro vs engine figures and the variant's bars (DESIGN section 7)."""
+    """Micro vs engine figures and the variant's bars (docs/DESIGN.md, "Quality bars")."""
     dy = np.abs(y_micro.astype(np.float64) - y_engine).ravel()
     out = contract.output
     flat_m, flat_e = y_micro.reshape(-1, out.units), y_engine.reshape(-1, out.units)
@@ -207,18 +207,11 @@ def _phase(name: str) -> None:
 
 
 def _to_raw(t: dict, real: np.ndarray) -> np.ndarray:
-    dtype = np.dtype(t["dtype"])
-    if dtype.kind not in "iu" or t["scale"] <= 0:
-        return np.asarray(real, dtype)
-    info = np.iinfo(dtype)
-    q = np.rint(np.asarray(real, np.float64) / t["scale"] + t["zero_point"])
-    return np.clip(q, info.min, info.max).astype(dtype)
+    return quantize(real, t["scale"], t["zero_point"], t["dtype"])
 
 
 def _to_real(t: dict, raw: np.ndarray) -> np.ndarray:
-    if np.dtype(t["dtype"]).kind not in "iu" or t["scale"] <= 0:
-        return np.asarray(raw, np.float32)
-    return ((raw.astype(np.float64) - t["zero_point"]) * t["scale"]).astype(np.float32)
+    return dequantize(np.asarray(raw, t["dtype"]), t["scale"], t["zero_point"])
 
 
 def _interpreter(runtime, model: bytes, arena: int, log_path: Path, known_to_fit: bool = False):

@@ -10,7 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.verify import table  # noqa: E402
 
 
 def plot_sequences(path: Path, ref: np.ndarray, outputs: dict[str, np.ndarray], count: int = 4) -> None:
@@ -98,3 +97,18 @@ def write_report(directory: Path, manifest: dict, results: dict[str, dict],
     path = directory / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def table(results: dict[str, dict]) -> str:
+    """A fixed-width table of the headline figures, one row per variant."""
+    head = f"{'variant':<9} {'max|dy|':>10} {'p99|dy|':>10} {'agree':>8} {'acc':>7} " \
+           f"{'drift max':>10} {'drift p99':>10} {'drift agr':>9} {'step us':>8}  result"
+    rows = [head, "-" * len(head)]
+    for v, f in results.items():
+        rows.append(
+            f"{v:<9} {f['max_abs']:>10.2e} {f['p99_abs']:>10.2e} {f['agreement'] * 100:>7.2f}% "
+            f"{f['accuracy'] * 100:>6.2f}% {f['drift_max_abs']:>10.2e} {f['drift_p99_abs']:>10.2e} "
+            f"{f['drift_agreement'] * 100:>8.2f}% {f['latency_us']:>8.1f}  "
+            f"{'pass' if not f['failed'] else 'FAIL'}"
+        )
+    return "\n".join(rows)

@@ -1,6 +1,6 @@
 """Verification: every variant against Keras, through the device's own runtime engine.
 
-Figures per variant (DESIGN section 7):
+Figures per variant (docs/DESIGN.md, "Quality bars"):
 - ``parity``: |y_variant - y_keras| over every prefix of every test sequence (max, p99);
 - ``agreement``: share of those steps where the variant's class equals Keras's class;
 - ``accuracy``: final-step class against the labels (and Keras's own, for reference);
@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.artifacts import MODEL_FILE, TEST_DATA, load_keras_model
 from pipeline.config import VerifyConfig
+from pipeline.report import write_report
+from pipeline.stepmodel import keras_sequence_outputs
+from runtime.contract import load_contract
+from runtime.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +89,6 @@ def engine_outputs(artifacts: Path, variant: str, X_raw: np.ndarray) -> tuple[np
     invoke per step: ``[m, T, units]``. Also returns the median per-step time of a
     single-lane engine (microseconds) and the backend name.
     """
-    from runtime.engine import Engine
-
     m, T, _ = X_raw.shape
     engine = Engine.load(artifacts, variant=variant, lanes=m, reset="never")
     ys = np.stack([engine.step_lanes(X_raw[:, t, :]).y.copy() for t in range(T)], axis=1)
@@ -93,8 +96,6 @@ def engine_outputs(artifacts: Path, variant: str, X_raw: np.ndarray) -> tuple[np
 
 
 def _latency_us(artifacts: Path, variant: str, X_raw: np.ndarray, steps: int = 2000) -> float:
-    from runtime.engine import Engine
-
     engine = Engine.load(artifacts, variant=variant, lanes=1, reset="never")
     flat = X_raw.reshape(-1, X_raw.shape[-1])
     times = np.empty(steps)
@@ -122,26 +123,8 @@ def verify_variant(artifacts: Path, variant: str, kind: str, X_raw: np.ndarray, 
     return figures
 
 
-def table(results: dict[str, dict]) -> str:
-    """A fixed-width table of the headline figures, one row per variant."""
-    head = f"{'variant':<9} {'max|dy|':>10} {'p99|dy|':>10} {'agree':>8} {'acc':>7} " \
-           f"{'drift max':>10} {'drift p99':>10} {'drift agr':>9} {'step us':>8}  result"
-    rows = [head, "-" * len(head)]
-    for v, f in results.items():
-        rows.append(
-            f"{v:<9} {f['max_abs']:>10.2e} {f['p99_abs']:>10.2e} {f['agreement'] * 100:>7.2f}% "
-            f"{f['accuracy'] * 100:>6.2f}% {f['drift_max_abs']:>10.2e} {f['drift_p99_abs']:>10.2e} "
-            f"{f['drift_agreement'] * 100:>8.2f}% {f['latency_us']:>8.1f}  "
-            f"{'pass' if not f['failed'] else 'FAIL'}"
-        )
-    return "\n".join(rows)
-
-
 def load_reference(artifacts: Path):
     """The manifest, the Keras model and the stored test set of a built artifacts folder."""
-    from pipeline.build import MODEL_FILE, TEST_DATA, load_keras_model
-    from runtime.contract import load_contract
-
     contract = load_contract(artifacts)
     model = load_keras_model(artifacts / MODEL_FILE)
     with np.load(artifacts / TEST_DATA, allow_pickle=False) as z:
@@ -152,8 +135,6 @@ def load_reference(artifacts: Path):
 def verify_all(artifacts: Path, cfg: VerifyConfig, *, report: bool = False,
                history: dict | None = None, variants: list[str] | None = None) -> dict[str, dict]:
     """Verify every variant of ``artifacts``; optionally write ``report/``."""
-    from pipeline.stepmodel import keras_sequence_outputs
-
     artifacts = Path(artifacts)
     contract, model, X_raw, y = load_reference(artifacts)
     mean = np.asarray(contract.input.mean, np.float32)
@@ -168,7 +149,5 @@ def verify_all(artifacts: Path, cfg: VerifyConfig, *, report: bool = False,
         results[v] = verify_variant(artifacts, v, kind, X_raw, ref, stream_raw, stream_ref, y, cfg)
         outputs[v] = engine_outputs(artifacts, v, X_raw[:8])[0]
     if report:
-        from pipeline.report import write_report
-
         write_report(artifacts / "report", contract.to_dict(), results, ref[:8], outputs, history)
     return results

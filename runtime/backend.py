@@ -8,8 +8,8 @@ Three packages provide the same ``Interpreter`` class; the first one installed w
 
 ``backend=`` or the environment variable ``STEPWISE_BACKEND`` forces one. Tensor names are
 resolved to indexes through the model's signature once, at load, and checked against the
-manifest's ``tensors`` map (DESIGN section 3): a missing name, another shape (batch axis
-aside) or dtype is a ``ContractError`` naming the tensor and both values.
+manifest's ``tensors`` map (docs/DESIGN.md, "The artifact contract"): a missing name,
+another shape (batch axis aside) or dtype is a ``ContractError`` naming the tensor and both values.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from runtime.affine import dequantize, is_quantized, quantize
 from runtime.contract import TensorSpec
 from runtime.errors import ConfigError, ContractError
 
@@ -53,72 +54,16 @@ class BoundTensor:
 
     @property
     def quantized(self) -> bool:
-        return self.dtype.kind in "iu" and self.scale > 0.0
-
-    @property
-    def qrange(self) -> tuple[int, int]:
-        info = np.iinfo(self.dtype)
-        return int(info.min), int(info.max)
+        return is_quantized(self.dtype, self.scale)
 
     def to_raw(self, real: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Real values -> this tensor's stored values (quantized if it is), into ``out``."""
-        if not self.quantized:
-            np.copyto(out, real, casting="unsafe")
-            return out
-        q = np.rint(np.asarray(real, np.float64) / self.scale + self.zero_point)
-        np.copyto(out, np.clip(q, *self.qrange), casting="unsafe")
+        np.copyto(out, quantize(real, self.scale, self.zero_point, self.dtype), casting="unsafe")
         return out
 
     def to_real(self, raw: np.ndarray) -> np.ndarray:
         """Stored values -> real float32 values (dequantized if quantized)."""
-        if not self.quantized:
-            return np.asarray(raw, np.float32)
-        return ((raw.astype(np.float64) - self.zero_point) * self.scale).astype(np.float32)
-
-
-class AffineCast:
-    """``dst = src * a + b`` into a preallocated ``[*shape]`` buffer of ``dtype``,
-    rounded and saturated when ``dtype`` is an integer type. One instance per tensor,
-    so the per-step path allocates nothing."""
-
-    def __init__(self, a: float, b: float, shape: tuple[int, ...], dtype: np.dtype):
-        self.a, self.b = np.float32(a), np.float32(b)
-        self.work = np.zeros(shape, np.float32)
-        self.out = np.zeros(shape, dtype)
-        self.integer = np.dtype(dtype).kind in "iu"
-        if self.integer:
-            info = np.iinfo(dtype)
-            self.lo, self.hi = np.float32(info.min), np.float32(info.max)
-
-    def __call__(self, src: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Cast ``src`` into ``out`` (default: this cast's own buffer) and return it."""
-        w = self.work
-        np.multiply(src, self.a, out=w)
-        np.add(w, self.b, out=w)
-        if self.integer:
-            np.rint(w, out=w)
-            np.minimum(w, self.hi, out=w)
-            np.maximum(w, self.lo, out=w)
-        out = self.out if out is None else out
-        out[...] = w
-        return out
-
-    @classmethod
-    def between(cls, src: BoundTensor, dst: BoundTensor, shape: tuple[int, ...]) -> "AffineCast":
-        """Stored values of ``src`` -> stored values of ``dst`` (dequantize, requantize)."""
-        s_src, z_src = (src.scale, src.zero_point) if src.quantized else (1.0, 0)
-        s_dst, z_dst = (dst.scale, dst.zero_point) if dst.quantized else (1.0, 0)
-        a = s_src / s_dst
-        return cls(a, z_dst - z_src * a, shape, dst.dtype)
-
-    def is_identity_on(self, dtype: np.dtype) -> bool:
-        """True when every value of the integer ``dtype`` maps to itself."""
-        if not (self.integer and np.dtype(dtype) == self.out.dtype):
-            return False
-        info = np.iinfo(dtype)
-        q = np.arange(info.min, info.max + 1, dtype=np.float32)
-        mapped = np.clip(np.rint(q * self.a + self.b), self.lo, self.hi)
-        return bool(np.array_equal(mapped, q))
+        return dequantize(raw, self.scale, self.zero_point)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic import atomic_write_bytes
 from runtime.errors import ContractError, ModelIntegrityError
 
 SCHEMA_VERSION = 1
@@ -255,20 +256,6 @@ def write_contract(contract: ModelContract, artifacts: str | os.PathLike) -> Pat
     path = Path(artifacts) / MANIFEST_NAME
     atomic_write_bytes(path, contract.to_json().encode())
     return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -1,17 +1,18 @@
-"""``stepwise serve``: serial samples in, predictions out, state kept across restarts.
+"""The daemon behind ``stepwise serve``: samples in, predictions out, state kept across restarts.
 
-One processing loop in the main thread: take every waiting event from the link (samples
-arrive on pyserial's reader thread into a bounded queue; up to ``BATCH`` at a time),
-step the engine for each, write their JSON lines (and the replies to the device) with
-one write, then checkpoint when due and ping the watchdog. Signals only set flags, so
-the samples already taken always finish: SIGTERM/SIGINT -> checkpoint, exit 0; SIGHUP
--> reopen the output file (log rotation).
+One processing loop in the main thread: take every waiting event from the sample source
+(``runtime.events.SampleSource``; the serial link delivers samples from pyserial's reader
+thread into a bounded queue; up to ``BATCH`` at a time), step the engine for each, write
+their JSON lines (and the replies to the device) with one write, then checkpoint when due
+and ping the watchdog. The source is handed in by the caller (``run(source)``), so this
+module knows no port or wire format. Signal handlers only record the signal; the loop
+logs it, and the samples already taken always finish: SIGTERM/SIGINT -> checkpoint,
+exit 0; SIGHUP -> reopen the output file (log rotation).
 """
 from __future__ import annotations
 
 import collections
 import logging
-import os
 import signal
 import sys
 import time
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import TextIO
 
 from runtime.errors import DataError
-from runtime.replay import record_line
+from runtime.events import Reset, Sample, SampleSource
+from runtime.records import record_line
 from runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class Daemon:
                                 interval=opts.checkpoint_interval, lanes=self.engine.lanes)
         self.counters: collections.Counter[str] = collections.Counter()
         self.seq = 0  # explicit resets from the device: the sequence index in the output
-        self._stop = False
+        self._stop: int | None = None  # the signal number that asked to stop
         self._reopen = False
         self._restore()
         self._saved_mark = (self.engine.samples_seen, self.seq, sum(self.engine.resets.values()))
@@ -112,8 +114,7 @@ class Daemon:
 
     # -- signals ---------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
-        self._stop = True
-        log.info("%s received: finishing the current sample", signal.Signals(signum).name)
+        self._stop = signum
 
     def _on_hup(self, signum, frame) -> None:
         self._reopen = True
@@ -124,23 +125,19 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
 
     # -- the loop --------------------------------------------------------------------
-    def run(self) -> int:
-        from firmware_bridge.link import Link
-
+    def run(self, source: SampleSource) -> int:
+        """Serve ``source`` until SIGTERM/SIGINT; ``source`` is closed on the way out."""
         out = Output(self.opts.output)
-        # a short write timeout: a board that never reads its replies must not stall the loop
-        link = Link.open(self.opts.port, self.opts.protocol, self.opts.baud,
-                         feature_names=self.contract.input.feature_names, write_timeout=0.05)
-        self.link = link
+        self.source = source
         self.notifier.ready(self.status())
         log.info("serving %s on %s (%s, %s); state in %s", self.engine.variant, self.opts.port,
                  self.opts.protocol, self.engine.policy, self.opts.state_dir)
         next_status = time.monotonic() + self.opts.status_interval
         try:
-            while not self._stop:
-                events = link.get_many(BATCH, timeout=0.2)
+            while self._stop is None:
+                events = source.get_many(BATCH, timeout=0.2)
                 if events:
-                    out.write_lines([line for event in events if (line := self.handle(event, link))])
+                    out.write_lines([line for event in events if (line := self.handle(event, source))])
                 if self._reopen:
                     self._reopen = False
                     out.reopen()
@@ -151,17 +148,19 @@ class Daemon:
                     self.notifier.status(self.status())
                     log.info("counters: %s", self.status())
         finally:
+            if self._stop is not None:
+                log.info("%s received: the samples taken are finished", signal.Signals(self._stop).name)
             self.notifier.stopping()
             ok = self.store.checkpoint(self.snapshot())
             log.info("shutdown checkpoint %s; %s", "written" if ok else "FAILED", self.status())
-            link.close()
+            source.close()
             out.close()
         return 0
 
-    def handle(self, event, link) -> str | None:
+    def handle(self, event, source: SampleSource) -> str | None:
         """Step one event; the sample's output line (``None`` for anything else)."""
-        from firmware_bridge.text import Reset, Sample
-
+        if event.seq is not None:
+            self.engine.last_frame_seq = event.seq  # checkpoints carry the last frame taken
         if type(event) is not Sample:
             if isinstance(event, Reset):
                 self.engine.reset(reason="device")
@@ -184,53 +183,15 @@ class Daemon:
         if self.opts.protocol == "cobs" or self.opts.reply:
             y = pred.y
             index = int(y[0] >= 0.5) if self.contract.output.kind == "sigmoid" and len(y) == 1 else int(y.argmax())
-            link.write_prediction(y.tolist(), index, pred.label, seq=event.seq)
+            source.write_prediction(y.tolist(), index, pred.label, seq=event.seq)
         return record_line(self.engine.samples_seen - 1, self.seq, pred, extra)
 
     def status(self) -> str:
-        link = getattr(self, "link", None)
+        counters = getattr(getattr(self, "source", None), "counters", None)
         parts = {**self.counters, "checkpoints": self.store.checkpoints,
                  "checkpoint_failures": self.store.failures}
-        if link is not None:
-            snap = link.counters.snapshot()
+        if counters is not None:
+            snap = counters.snapshot()
             parts |= {f"link_{k}": v for k, v in snap.items() if isinstance(v, int)}
             parts |= {f"rejected_{k}": v for k, v in snap.get("rejected", {}).items()}
         return " ".join(f"{k}={v}" for k, v in sorted(parts.items()))
-
-
-def _default_state_dir() -> Path:
-    return Path(os.environ.get("STATE_DIRECTORY", "state").split(":")[0])
-
-
-import click  # noqa: E402  (kept next to the command it defines)
-
-
-@click.command("serve")
-@click.option("--artifacts", default="artifacts", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Built artifacts folder.")
-@click.option("--port", required=True, help="Serial port: a device path or a pyserial URL (loop://, socket://...).")
-@click.option("--baud", default=115200, show_default=True, type=click.IntRange(min=1))
-@click.option("--protocol", default="text", show_default=True, type=click.Choice(["text", "cobs"]))
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Checkpoint folder (default: $STATE_DIRECTORY from systemd, else ./state).")
-@click.option("--checkpoint-interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds between state checkpoints.")
-@click.option("--reset", default=None, metavar="POLICY", help="window:N, sliding:N, gap:SECONDS or never "
-              "(default: the manifest's).")
-@click.option("--variant", default=None, help="Model variant (default: the manifest's default_variant).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSON lines file (default: stdout); reopened on SIGHUP.")
-@click.option("--reply/--no-reply", default=False, help="Text protocol: send 'p=... c=...' back per sample.")
-@click.option("--status-interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds between counter log lines / systemd STATUS updates.")
-@click.option("--backend", default=None, help="Interpreter package (default: first installed).")
-def serve_cmd(artifacts, port, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
-              status_interval, backend) -> None:
-    """The on-device daemon: samples from a serial port in, one prediction per sample out."""
-    opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
-                        state_dir=state_dir or _default_state_dir(), checkpoint_interval=checkpoint_interval,
-                        reset=reset, variant=variant, output=output, reply=reply,
-                        status_interval=status_interval, backend=backend)
-    daemon = Daemon(opts)
-    daemon.install_signals()
-    sys.exit(daemon.run())

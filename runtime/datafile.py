@@ -1,6 +1,6 @@
 """Reading sequence data files (numpy only: the device reads them too, for replay).
 
-Two formats (DESIGN section 4):
+Two formats (docs/DESIGN.md, "Data files"):
 
 - ``.npz``: ``X`` float ``[m, T, F]`` and optionally ``y`` int ``[m]`` (class index).
 - ``.csv``: one sample per row, feature columns, an optional ``sequence`` column (a new

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.backend import AffineCast, BoundTensor, LoadedModel, check_tensors, load_model
+from runtime.affine import AffineCast
+from runtime.backend import BoundTensor, LoadedModel, check_tensors, load_model
 from runtime.contract import ModelContract, OutputSpec, StateSpec, load_contract, read_model_bytes
 from runtime.errors import ConfigError, ContractError, DataError, StateCorruptError
 from runtime.reset import ResetPolicy, ResetSchedule, parse_reset

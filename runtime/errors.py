@@ -1,6 +1,6 @@
 """One error hierarchy for the whole project.
 
-Library code raises these; only the command line (``runtime.cli``) turns them into a
+Library code raises these; only the command line (``stepwise_cli``) turns them into a
 message and an exit code. Each class carries its own ``exit_code``.
 """
 from __future__ import annotations

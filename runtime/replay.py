@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TextIO
 
-import click
 import numpy as np
 
-from runtime.backend import backend_names
 from runtime.datafile import Sequences, read_sequences
 from runtime.errors import DataError
+from runtime.records import prediction_record
 from runtime.reset import parse_reset
 
 log = logging.getLogger(__name__)
@@ -105,47 +102,30 @@ def replay(engine, data: Sequences | np.ndarray | Sequence[np.ndarray],
     return ReplayResult(tuple(ys), tuple(steps))
 
 
-def prediction_record(i: int, seq: int, pred) -> dict:
-    """The JSON object of one output line (DESIGN section 4)."""
-    y = [float(f"{v:.9g}") if math.isfinite(v) else None for v in pred.y.tolist()]
-    return {"i": i, "seq": seq, "step": pred.step, "y": y, "label": pred.label}
+@dataclass(frozen=True)
+class ReplayOptions:
+    """One ``stepwise replay`` run. ``reset``: the policy; given, the file is one stream
+    reset only by it, else the manifest's policy plus a reset at every sequence."""
+
+    artifacts: Path
+    input_file: Path
+    variant: str | None = None
+    reset: str | None = None
+    backend: str | None = None
 
 
-def record_line(i: int, seq: int, pred, extra: str = "") -> str:
-    """``json.dumps(prediction_record(i, seq, pred))`` with ``extra`` (``', "key": value'``
-    pairs, already JSON) before the closing brace, and a newline: the same text, written
-    directly (the daemon's per-sample path)."""
-    y = ", ".join(repr(float(f"{v:.9g}")) if math.isfinite(v) else "null" for v in pred.y.tolist())
-    label = _LABELS.get(pred.label) or _LABELS.setdefault(pred.label, json.dumps(pred.label))
-    return f'{{"i": {i}, "seq": {seq}, "step": {pred.step}, "y": [{y}], "label": {label}{extra}}}\n'
-
-
-_LABELS: dict[str, str] = {}  # label -> its JSON string
-
-
-@click.command("replay")
-@click.option("--artifacts", default="artifacts", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Built artifacts folder.")
-@click.option("--variant", default=None, help="Model variant (default: the manifest's).")
-@click.option("--reset", "reset", default=None, metavar="POLICY",
-              help="window:N, sliding:N, gap:SECONDS or never. Given: the file is one "
-                   "stream reset only by it. Default: the manifest's policy, plus a reset "
-                   "at every sequence of the file.")
-@click.option("--backend", default=None, type=click.Choice(backend_names()),
-              help="Interpreter package (default: first installed, or $STEPWISE_BACKEND).")
-@click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-def replay_cmd(artifacts: Path, variant: str | None, reset: str | None, backend: str | None,
-               input_file: Path) -> None:
-    """Stream INPUT (.npz or .csv) through the runtime; one JSON object per sample."""
+def run_replay(opts: ReplayOptions, out: TextIO) -> int:
+    """Stream ``opts.input_file`` through the engine, one JSON record line per sample to
+    ``out``; returns the sample count."""
     from runtime.engine import Engine
 
-    if reset is not None:
-        parse_reset(reset)  # a bad policy fails before anything is loaded
-    data = read_sequences(input_file)
-    engine = Engine.load(artifacts, variant=variant, reset=reset, backend=backend)
-    out = sys.stdout
-    for i, seq, pred in iter_replay(engine, data, reset_between=reset is None):
+    if opts.reset is not None:
+        parse_reset(opts.reset)  # a bad policy fails before anything is loaded
+    data = read_sequences(opts.input_file)
+    engine = Engine.load(opts.artifacts, variant=opts.variant, reset=opts.reset, backend=opts.backend)
+    for i, seq, pred in iter_replay(engine, data, reset_between=opts.reset is None):
         out.write(json.dumps(prediction_record(i, seq, pred)) + "\n")
     out.flush()
     log.info("replayed %d samples in %d sequence(s) from %s", engine.samples_seen, len(data),
-             input_file)
+             opts.input_file)
+    return engine.samples_seen

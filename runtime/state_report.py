@@ -1,79 +1,47 @@
-"""``stepwise state show|clear``: inspect or clear the persisted state checkpoints.
+"""What ``stepwise state show|clear`` reports: the state directory read without the daemon.
 
-Both read the state directory without the daemon: ``show`` never changes a file (a
-corrupt checkpoint is reported, not moved); ``clear`` moves the checkpoints to
-``<state-dir>/cleared/`` (never deletes them), so the next ``serve`` starts fresh.
+``show_state`` never changes a file (a corrupt checkpoint is reported, not moved);
+``clear_state`` moves the checkpoints to ``<state-dir>/cleared/`` (never deletes them), so
+the next ``serve`` starts fresh. ``format_report`` turns ``show_state``'s dict into lines.
 """
 from __future__ import annotations
 
 import datetime
-import json
-import os
 from pathlib import Path
 from typing import Any
-
-import click
 
 from runtime.contract import MANIFEST_NAME, load_contract
 from runtime.errors import ConfigError, StateCorruptError
 from runtime.store import clear_state_dir, describe_state_dir
 
 
-def default_state_dir() -> str:
-    """``$STATE_DIRECTORY`` (set by systemd's StateDirectory=; first entry) or ./state."""
-    env = os.environ.get("STATE_DIRECTORY", "")
-    return env.split(":")[0] if env else "state"
-
-
-state_dir_option = click.option(
-    "--state-dir", type=click.Path(path_type=Path), default=default_state_dir,
-    show_default="$STATE_DIRECTORY if set, else ./state", help="Where checkpoints are kept.",
-)
-
-
-@click.group("state")
-def state_group() -> None:
-    """Inspect or clear persisted state."""
-
-
-@state_group.command("show")
-@state_dir_option
-@click.option("--artifacts", type=click.Path(path_type=Path), default=Path("artifacts"),
-              show_default=True,
-              help="If it holds a manifest, say whether the checkpoint fits that model.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def show_cmd(state_dir: Path, artifacts: Path, as_json: bool) -> None:
-    """Counters, age, model hash, per-tensor L2 norms and per-lane steps of the checkpoint."""
-    _check_dir(state_dir)
+def show_state(state_dir: Path, artifacts: Path) -> dict[str, Any]:
+    """``describe_state_dir`` of ``state_dir``, matched against the manifest in
+    ``artifacts`` if there is one (``manifest``: its path or None)."""
+    check_state_dir(state_dir)
     models, states, manifest = _current_model(artifacts)
     info = describe_state_dir(state_dir, models=models, states=states)
     info["manifest"] = manifest
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-    else:
-        for line in format_report(info):
-            click.echo(line)
+    return info
+
+
+def check_show(info: dict[str, Any]) -> None:
+    """Raise ``StateCorruptError`` when checkpoint files exist but none is valid."""
     if info["files"] and info["checkpoint"] is None:
         problems = "; ".join(f"{Path(f['file']).name}: {f['error']}" for f in info["files"])
-        raise StateCorruptError(f"no valid checkpoint in {state_dir}: {problems}")
+        raise StateCorruptError(f"no valid checkpoint in {info['state_dir']}: {problems}")
 
 
-@state_group.command("clear")
-@state_dir_option
-def clear_cmd(state_dir: Path) -> None:
-    """Move the checkpoints aside (to <state-dir>/cleared/) so the next start is fresh."""
-    _check_dir(state_dir)
+def clear_state(state_dir: Path) -> list[tuple[Path, Path]]:
+    """Move the checkpoints aside; the (from, to) pairs (empty: nothing to clear)."""
+    check_state_dir(state_dir)
     try:
-        moved = clear_state_dir(state_dir)
+        return clear_state_dir(state_dir)
     except OSError as e:
         raise StateCorruptError(f"cannot clear {state_dir}: {e}") from None
-    if not moved:
-        click.echo(f"nothing to clear in {state_dir}")
-    for src, dest in moved:
-        click.echo(f"moved {src} -> {dest}")
 
 
-def _check_dir(state_dir: Path) -> None:
+def check_state_dir(state_dir: Path) -> None:
     if state_dir.exists() and not state_dir.is_dir():
         raise ConfigError(f"--state-dir {state_dir} is not a directory")
 

@@ -19,19 +19,20 @@ cleared checkpoints are moved aside.
 
 Write failures (ENOSPC, EROFS, EACCES, EIO, ...) are logged and counted and
 ``checkpoint`` returns False: the engine keeps serving and the next checkpoint retries.
-All file operations go through ``FileSystem`` so tests can inject faults and power cuts.
+All file operations go through ``runtime.atomic.FileSystem`` so tests can inject faults
+and power cuts; the write itself is ``runtime.atomic.atomic_write_bytes``.
 One writer per state directory; not thread-safe.
 """
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from runtime.atomic import TEMP_SUFFIX, FileSystem, atomic_write_bytes, ensure_dir
 from runtime.contract import StateSpec
 from runtime.errors import ConfigError, StateCorruptError
 from runtime.snapshot import StateSnapshot
@@ -44,52 +45,9 @@ log = logging.getLogger(__name__)
 
 CURRENT = "state.ckpt"
 PREVIOUS = "state.ckpt.prev"
-TEMP_SUFFIX = ".tmp"
 TEMP = CURRENT + TEMP_SUFFIX
 REJECTED_DIR = "rejected"
 CLEARED_DIR = "cleared"
-
-
-class FileSystem:
-    """The file operations the store uses: the real ones (os.open, os.write, os.fsync...)."""
-
-    def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
-        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
-
-    def write(self, fd: int, data: bytes) -> int:
-        return os.write(fd, data)
-
-    def fsync(self, fd: int) -> None:
-        os.fsync(fd)
-
-    def close(self, fd: int) -> None:
-        os.close(fd)
-
-    def replace(self, src: Path, dst: Path) -> None:
-        os.replace(src, dst)
-
-    def fsync_dir(self, path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def unlink(self, path: Path) -> None:
-        os.unlink(path)
-
-    def mkdir(self, path: Path) -> None:
-        os.mkdir(path)
-
-    def exists(self, path: Path) -> bool:
-        return os.path.exists(path)
-
-    def listdir(self, path: Path) -> list[str]:
-        return sorted(os.listdir(path))
-
-    def read_bytes(self, path: Path) -> bytes:
-        with open(path, "rb") as f:
-            return f.read()
 
 
 class StateStore:
@@ -217,19 +175,7 @@ class StateStore:
     def _commit(self, data: bytes) -> None:
         """Temp file, write, fsync, rotate, rename, directory fsync."""
         ensure_dir(self.fs, self.state_dir)
-        tmp, current = self.state_dir / TEMP, self.state_dir / CURRENT
-        fd = self.fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            write_all(self.fs, fd, data)
-            self.fs.fsync(fd)
-        finally:
-            self.fs.close(fd)
-        try:
-            self.fs.replace(current, self.state_dir / PREVIOUS)
-        except FileNotFoundError:
-            pass
-        self.fs.replace(tmp, current)
-        self.fs.fsync_dir(self.state_dir)
+        atomic_write_bytes(self.state_dir / CURRENT, data, fs=self.fs, previous=self.state_dir / PREVIOUS)
 
     def _discard_temp(self) -> None:
         try:
@@ -264,24 +210,6 @@ class StateStore:
 
 
 # -- helpers shared with `stepwise state` ---------------------------------------------
-def write_all(fs: FileSystem, fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = fs.write(fd, view)
-        if n <= 0:
-            raise OSError(errno.EIO, f"write returned {n}")
-        view = view[n:]
-
-
-def ensure_dir(fs: FileSystem, path: Path) -> None:
-    """Create ``path`` (and parents) durably if missing."""
-    if fs.exists(path):
-        return
-    ensure_dir(fs, path.parent)
-    fs.mkdir(path)
-    fs.fsync_dir(path.parent)
-
-
 def move_aside(fs: FileSystem, state_dir: Path, name: str, reason: str, subdir: str,
                wall: float) -> Path:
     """Rename ``state_dir/name`` to ``state_dir/subdir/<name>.<reason>.<UTC time>``."""

@@ -5,6 +5,8 @@ datagrams to ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace
 no socket (not started by systemd) every call is a no-op. ``watchdog_due`` paces the
 keep-alive at half of ``$WATCHDOG_USEC``; the daemon calls it from its processing loop,
 so a stuck loop stops the pings and systemd restarts the service.
+
+``state_directory()`` is where state lives by default: systemd's ``StateDirectory=``.
 """
 from __future__ import annotations
 
@@ -12,8 +14,15 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def state_directory(environ: dict[str, str] | None = None) -> Path:
+    """``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; its first entry) or ./state."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("STATE_DIRECTORY", "").split(":")[0] or "state")
 
 
 class Notifier:

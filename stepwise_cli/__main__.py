@@ -1,4 +1,4 @@
-"""``python -m runtime``: the stepwise command line."""
-from runtime.cli import main
+"""``python -m stepwise_cli``: the stepwise command line."""
+from stepwise_cli.main import main
 
 main()

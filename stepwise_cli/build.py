@@ -5,6 +5,10 @@ from pathlib import Path
 
 import click
 
+from pipeline.build import build_artifacts, convert_artifacts
+from pipeline.config import load_config
+from pipeline.report import table
+from pipeline.verify import verify_all
 from runtime.errors import VerificationError
 
 _artifacts = click.option("--artifacts", "artifacts", type=click.Path(file_okay=False, path_type=Path),
@@ -18,8 +22,6 @@ _data = click.option("--data", type=click.Path(dir_okay=False), default=None,
 
 
 def _summary(result) -> None:
-    from pipeline.verify import table
-
     c = result.contract
     click.echo(table(result.results))
     for v, f in result.results.items():
@@ -35,9 +37,6 @@ def _summary(result) -> None:
 @_out
 def build_cmd(data: str | None, config_path: Path | None, out: Path) -> None:
     """Train, build the one-step model, convert, quantize, verify and export."""
-    from pipeline.build import build_artifacts
-    from pipeline.config import load_config
-
     _summary(build_artifacts(load_config(config_path), out, data))
 
 
@@ -49,9 +48,6 @@ def build_cmd(data: str | None, config_path: Path | None, out: Path) -> None:
 @_out
 def convert_cmd(model: str, data: str, config_path: Path | None, out: Path) -> None:
     """Same as build, from an existing trained Keras model (.keras or .h5)."""
-    from pipeline.build import convert_artifacts
-    from pipeline.config import load_config
-
     _summary(convert_artifacts(model, data, load_config(config_path), out))
 
 
@@ -61,9 +57,6 @@ def convert_cmd(model: str, data: str, config_path: Path | None, out: Path) -> N
 @click.option("--variant", multiple=True, help="Only these variants (default: all).")
 def verify_cmd(artifacts: Path, config_path: Path | None, variant: tuple[str, ...]) -> None:
     """Re-run the parity and accuracy checks; exit 1 when a bar is missed."""
-    from pipeline.config import load_config
-    from pipeline.verify import table, verify_all
-
     cfg = load_config(config_path if config_path else _saved_config(artifacts))
     results = verify_all(artifacts, cfg.verify, variants=list(variant) or None)
     click.echo(table(results))

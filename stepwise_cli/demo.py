@@ -24,7 +24,7 @@ import click
 def main(artifacts: Path, rate: float, protocol: str, seconds: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="stepwise-demo-"))
     link = work / "ttySIM"
-    cli = [sys.executable, "-m", "runtime"]
+    cli = [sys.executable, "-m", "stepwise_cli"]
     sim = subprocess.Popen(cli + ["simulate", "--pty", str(link), "--input", str(artifacts / "test_data.npz"),
                                   "--rate", str(rate), "--repeat", "0", "--protocol", protocol])
     try:

@@ -1,9 +1,10 @@
 """The ``stepwise`` command line: one click program.
 
-Commands live next to the code they drive and are imported only when invoked, so the
-device (no TensorFlow) can run ``stepwise serve`` and ``stepwise --help`` without
-touching the build-host modules. Library errors (``StepwiseError``) become a one-line
-message and the error's own exit code here, and nowhere else.
+Every command is a thin module of this package (parse the options, build the library's
+options, call the library), imported only when invoked, so the device (no TensorFlow)
+can run ``stepwise serve`` and ``stepwise --help`` without touching the build-host
+modules. Library errors (``StepwiseError``) become a one-line message and the error's
+own exit code here, and nowhere else.
 """
 from __future__ import annotations
 
@@ -17,18 +18,18 @@ from runtime.errors import StepwiseError
 
 # name -> (module:attribute, one-line help shown by `stepwise --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build": ("pipeline.cli:build_cmd", "Train, build the step model, convert, quantize, verify, export."),
-    "convert": ("pipeline.cli:convert_cmd", "Same as build, from an existing trained Keras model."),
-    "verify": ("pipeline.cli:verify_cmd", "Re-run the parity and accuracy checks on built artifacts."),
-    "replay": ("runtime.replay:replay_cmd", "Stream a data file through the runtime; JSON lines out."),
-    "serve": ("runtime.daemon:serve_cmd", "The on-device daemon: serial samples in, predictions out."),
-    "simulate": ("firmware_bridge.simulate:simulate_cmd", "Firmware emulator: stream a data file to a port."),
-    "state": ("runtime.cli_state:state_group", "Inspect or clear persisted state."),
-    "ports": ("firmware_bridge.ports:ports_cmd", "List serial ports."),
-    "export-c": ("firmware_bridge.export_c:export_c_cmd", "C arrays and headers for firmware."),
+    "build": ("stepwise_cli.build:build_cmd", "Train, build the step model, convert, quantize, verify, export."),
+    "convert": ("stepwise_cli.build:convert_cmd", "Same as build, from an existing trained Keras model."),
+    "verify": ("stepwise_cli.build:verify_cmd", "Re-run the parity and accuracy checks on built artifacts."),
+    "replay": ("stepwise_cli.replay:replay_cmd", "Stream a data file through the runtime; JSON lines out."),
+    "serve": ("stepwise_cli.serve:serve_cmd", "The on-device daemon: serial samples in, predictions out."),
+    "simulate": ("stepwise_cli.simulate:simulate_cmd", "Firmware emulator: stream a data file to a port."),
+    "state": ("stepwise_cli.state:state_group", "Inspect or clear persisted state."),
+    "ports": ("stepwise_cli.ports:ports_cmd", "List serial ports."),
+    "export-c": ("stepwise_cli.export_c:export_c_cmd", "C arrays and headers for firmware."),
 }
 
-BUILD_ONLY = ("pipeline",)
+BUILD_ONLY = ("stepwise_cli.build", "pipeline")  # modules that need the build environment
 
 
 class _CliError(click.ClickException):

@@ -2,8 +2,9 @@
 
 Tests are split by environment:
 - ``tests/pipeline`` and ``tests/integration`` need the build environment (TensorFlow);
-- ``tests/runtime`` and ``tests/firmware_bridge`` must also pass in the device environment
-  (``.venv-device``: tflite-runtime, numpy<2, no TensorFlow).
+- ``tests/runtime``, ``tests/firmware_bridge``, ``tests/stepwise_cli`` and
+  ``test_architecture.py`` must also pass in the device environment (``.venv-device``:
+  tflite-runtime, numpy<2, no TensorFlow).
 
 ``tiny_artifacts`` is a complete artifacts folder built from a tiny config. ``make test``
 builds it once (``STEPWISE_TEST_ARTIFACTS``); without that variable the build

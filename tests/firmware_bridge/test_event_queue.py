@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from firmware_bridge.events import EventQueue
+from firmware_bridge.event_queue import EventQueue
 
 
 def test_batches_keep_their_order_and_the_bound_is_in_items():

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from firmware_bridge.export_c import (HEADER_NAME, bind_variant, export_c, read_model_io)
 from runtime.backend import choose_backend
-from runtime.cli import cli
+from stepwise_cli.main import cli
 from runtime.contract import ModelContract, TensorSpec, load_contract
 from runtime.errors import ContractError, ModelIntegrityError
 

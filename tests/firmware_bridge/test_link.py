@@ -20,11 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge import cobs
-from firmware_bridge.events import EventQueue
-from firmware_bridge.link import CobsFrameProtocol, Link, LinkCounters, Reset, Sample, TextLineProtocol, _Delivery
+from firmware_bridge.event_queue import EventQueue
+from firmware_bridge.link import CobsFrameProtocol, Link, LinkCounters, TextLineProtocol, _Delivery
 from firmware_bridge.reconnect import Backoff, RateLimitedLog
 from firmware_bridge.text import MAX_LINE, TextParser
 from runtime.errors import PortError
+from runtime.events import Reset, Sample
 
 NAMES = ("ax", "ay", "az")
 FAST = Backoff(0.02, 0.1)

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from serial.tools import list_ports_common
 
 from firmware_bridge import ports
-from firmware_bridge.ports import PtyPort, UrlPort, list_serial_ports, ports_cmd
+from firmware_bridge.ports import PtyPort, UrlPort, list_serial_ports
+from stepwise_cli.ports import ports_cmd
 from runtime.errors import PortError
 
 

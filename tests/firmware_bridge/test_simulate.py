@@ -13,12 +13,14 @@ import pytest
 from click.testing import CliRunner
 
 from firmware_bridge import cobs
-from firmware_bridge.link import Link, Reset, Sample
+from firmware_bridge.link import Link
 from firmware_bridge.ports import PtyPort
 from firmware_bridge.reconnect import Backoff
-from firmware_bridge.simulate import Faults, FirmwareSimulator, simulate_cmd
-from runtime.cli import cli
+from firmware_bridge.simulate import Faults, FirmwareSimulator
 from runtime.datafile import Sequences, read_sequences
+from runtime.events import Reset, Sample
+from stepwise_cli.main import cli
+from stepwise_cli.simulate import simulate_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("a", "b", "c")
@@ -194,7 +196,7 @@ def test_command_in_a_subprocess(tmp_path, sequences):
     path = tmp_path / "ttySUB"
     with Link.open(str(path), "text", feature_names=("f0", "f1", "f2"), require_port=False, backoff=FAST) as link:
         proc = subprocess.run(
-            [sys.executable, "-c", "from runtime.cli import main; main()", "simulate", "--pty", str(path),
+            [sys.executable, "-m", "stepwise_cli", "simulate", "--pty", str(path),
              "--input", str(data), "--no-reset-between", "--header"],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -231,7 +233,7 @@ def test_sigterm_unplugs_cleanly_and_reports(tmp_path, sequences):
     path = tmp_path / "ttyTERM"
     with Link.open(str(path), "text", feature_names=NAMES, require_port=False, backoff=FAST) as link:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from runtime.cli import main; main()", "simulate", "--pty", str(path),
+            [sys.executable, "-m", "stepwise_cli", "simulate", "--pty", str(path),
              "--input", str(data), "--repeat", "0", "--rate", "200"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})

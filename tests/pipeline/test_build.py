@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from click.testing import CliRunner
 
-from runtime.cli import cli
+from stepwise_cli.main import cli
 from runtime.contract import load_contract
 from runtime.errors import VerificationError
 

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from pipeline.config import DataConfig, load_config
 from pipeline.data import split, synthetic
-from runtime.cli import cli
+from stepwise_cli.main import cli
 from runtime.datafile import read_sequences
 from runtime.errors import ConfigError, DataError
 

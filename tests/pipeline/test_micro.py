@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from firmware_bridge.micro import BARS, _collect, check_all, check_variant, engine_outputs, micro_outputs
+from pipeline.micro import BARS, _collect, check_all, check_variant, engine_outputs, micro_outputs
 from runtime.contract import load_contract, write_contract
 from runtime.errors import ContractError
 

@@ -8,7 +8,7 @@ import keras  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from pipeline.stepmodel import StepModel  # noqa: E402
-from runtime.cli import cli  # noqa: E402
+from stepwise_cli.main import cli  # noqa: E402
 from runtime.errors import UnstreamableModelError  # noqa: E402
 
 L = keras.layers

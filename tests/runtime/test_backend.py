@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from runtime import backend as B
+from runtime.affine import AffineCast
 from runtime.contract import load_contract
 from runtime.engine import Engine
 from runtime.errors import ConfigError, ContractError
@@ -197,7 +198,7 @@ def _q(name, dtype, scale, zero_point, shape=(4,)):
 def test_requantizing_between_scales_matches_dequantize_then_quantize():
     src, dst = _q("s_out", "int8", 0.0226, -2), _q("s", "int8", 0.0312, 0)
     raw = np.arange(-128, 128, dtype=np.int8).reshape(64, 4)
-    cast = B.AffineCast.between(src, dst, raw.shape)
+    cast = AffineCast.between(src, dst, raw.shape)
     got = cast(raw)
     real = (raw.astype(np.float64) + 2) * 0.0226
     want = np.clip(np.rint(real / 0.0312), -128, 127).astype(np.int8)
@@ -208,13 +209,13 @@ def test_requantizing_between_scales_matches_dequantize_then_quantize():
 
 def test_requantizing_saturates_instead_of_wrapping():
     src, dst = _q("a", "int16", 1.0, 0), _q("b", "int8", 1.0, 0)
-    cast = B.AffineCast.between(src, dst, (4,))
+    cast = AffineCast.between(src, dst, (4,))
     assert cast(np.array([-30000, -129, 127, 30000], np.int16)).tolist() == [-128, -128, 127, 127]
 
 
 def test_nearly_equal_scales_are_recognised_as_an_identity():
     src, dst = _q("a", "int8", 0.0046086181, -20), _q("b", "int8", 0.0046086186, -20)
-    assert B.AffineCast.between(src, dst, (1,)).is_identity_on(np.int8)
+    assert AffineCast.between(src, dst, (1,)).is_identity_on(np.int8)
 
 
 @pytest.mark.parametrize("dtype,scale,zp", [("int8", 0.013, -7), ("int16", 0.0004, 0)])

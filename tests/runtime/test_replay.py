@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import cli
+from stepwise_cli.main import cli
 from runtime.contract import load_contract
 from runtime.engine import Engine, Prediction
 from runtime.errors import DataError
-from runtime.replay import prediction_record, record_line, replay
+from runtime.records import prediction_record, record_line
+from runtime.replay import replay
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from runtime.engine import Engine
-from runtime.replay import iter_replay, prediction_record
+from runtime.records import prediction_record
+from runtime.replay import iter_replay
 
 TIMEOUT = 30.0
 
@@ -55,7 +56,7 @@ class Serve:
     """The daemon process; stdout JSON lines and stderr log lines are collected."""
 
     def __init__(self, artifacts: Path, port: Path, state: Path, *extra: str):
-        cmd = [sys.executable, "-m", "runtime", "serve", "--artifacts", str(artifacts), "--port", str(port),
+        cmd = [sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts), "--port", str(port),
                "--state-dir", str(state), "--checkpoint-interval", "0.2", "--status-interval", "0.5", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.records: list[dict] = []
@@ -274,3 +275,25 @@ def _wait_lines(path: Path, n: int) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"{path} never reached {n} lines")
+
+
+def test_cobs_frames_set_the_checkpoints_last_frame_sequence(tiny_artifacts, tmp_path, stream):
+    from firmware_bridge import cobs
+    from runtime.store import describe_state_dir
+
+    seqs, _, _ = stream
+    port = Port(tmp_path / "ttyCOBS")
+    d = Serve(tiny_artifacts, port.path, tmp_path / "state", "--protocol", "cobs")
+    features = seqs[0].shape[1]
+    frames = [cobs.encode_frame(cobs.HELLO, 500, cobs.hello_payload(features=features))]
+    frames += [cobs.encode_frame(cobs.SAMPLE, 501 + t, cobs.sample_payload(row)) for t, row in enumerate(seqs[0])]
+    last = 501 + len(seqs[0])
+    frames.append(cobs.encode_frame(cobs.RESET, last, b""))
+    frames.append(cobs.encode_frame(cobs.SAMPLE, last + 1, cobs.sample_payload(seqs[1][0])))
+    port.send(cobs.DELIMITER + b"".join(frames))
+    d.wait_records(len(seqs[0]) + 1)
+    assert d.stop() == 0
+    assert [r["frame"] for r in d.records] == list(range(501, last)) + [last + 1]
+    checkpoint = describe_state_dir(tmp_path / "state")["checkpoint"]
+    assert checkpoint["last_frame_seq"] == last + 1
+    assert checkpoint["samples_seen"] == len(seqs[0]) + 1

@@ -24,7 +24,8 @@ import pytest
 from runtime.contract import StateSpec
 from runtime.errors import ConfigError, ContractError, StateCorruptError
 from runtime.snapshot import StateSnapshot
-from runtime.store import CURRENT, PREVIOUS, TEMP, FileSystem, StateStore
+from runtime.atomic import FileSystem
+from runtime.store import CURRENT, PREVIOUS, TEMP, StateStore
 from runtime.store_format import (
     CRC_OFFSET, CheckpointError, decode_checkpoint, encode_checkpoint,
 )

@@ -27,7 +27,8 @@ import pytest
 
 from runtime.contract import StateSpec
 from runtime.snapshot import StateSnapshot
-from runtime.store import CURRENT, PREVIOUS, TEMP, FileSystem, StateStore, ensure_dir, write_all
+from runtime.atomic import FileSystem, ensure_dir, write_all
+from runtime.store import CURRENT, PREVIOUS, TEMP, StateStore
 
 SHA = hashlib.sha256(b"model A").hexdigest()
 SPECS = tuple(StateSpec(name=n, input=n, output=n + "_out", shape=(size,), layer=n[:5], kind=n[-1])

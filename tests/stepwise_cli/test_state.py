@@ -1,4 +1,4 @@
-"""``stepwise state show|clear`` through the real click program (``runtime.cli.cli``)."""
+"""``stepwise state show|clear`` through the real click program (``stepwise_cli.main.cli``)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.cli import cli
+from stepwise_cli.main import cli
 from runtime.contract import StateSpec
 from runtime.snapshot import StateSnapshot
 from runtime.store import CURRENT, PREVIOUS, StateStore

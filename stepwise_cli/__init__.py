@@ -1,0 +1,1 @@
+"""The ``stepwise`` command line: one thin click module per command (``stepwise_cli.main``)."""
