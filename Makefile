@@ -5,13 +5,19 @@ DEVICE_VENV := .venv-device
 ARTIFACTS   ?= artifacts
 TEST_ARTIFACTS := build/test-artifacts
 PORT_DIR    := build/demo
+# The device suite runs a second time on Python 3.13 (ai-edge-litert, numpy 2) where pyenv has it.
+PYTHON313   ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13))
+DEVICE313_VENV := .venv-device-3.13
+BUNDLE_TARGETS ?= cp311-x86_64 cp313-x86_64 cp311-aarch64 cp313-aarch64
 
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
 SOURCES := $(wildcard pipeline/*.py runtime/*.py firmware_bridge/*.py stepwise_cli/*.py)
+# What the device environments run (no TensorFlow there).
+DEVICE_TESTS := tests/runtime tests/firmware_bridge tests/stepwise_cli tests/test_architecture.py
 
-.PHONY: tools build test test-build test-device serve bench bundle clean env device-env
+.PHONY: tools build test test-build test-device test-device-3.13 serve bench bundle clean env device-env
 
 ## Environments ---------------------------------------------------------------------
 # Build host: TensorFlow, Keras, converters, plots.
@@ -28,6 +34,13 @@ $(DEVICE_VENV)/.installed: pyproject.toml
 	$(DEVICE_VENV)/bin/pip install --quiet -e '.[device,test]'
 	touch $@
 
+# The same device install on Python 3.13, where ai-edge-litert and numpy 2 replace tflite-runtime.
+$(DEVICE313_VENV)/.installed: pyproject.toml
+	$(PYTHON313) -m venv $(DEVICE313_VENV)
+	$(DEVICE313_VENV)/bin/pip install --quiet --upgrade pip
+	$(DEVICE313_VENV)/bin/pip install --quiet -e '.[device,test]'
+	touch $@
+
 env: $(VENV)/.installed
 device-env: $(DEVICE_VENV)/.installed
 
@@ -42,12 +55,30 @@ $(TEST_ARTIFACTS)/manifest.json: $(VENV)/.installed tests/tiny.toml $(SOURCES)
 
 tools:
 	@command -v gcc > /dev/null || (apt-get update -q && apt-get install -y -q gcc)
+	@command -v systemd-analyze > /dev/null || (apt-get update -q && apt-get install -y -q systemd)
+	@command -v logrotate > /dev/null || (apt-get update -q && apt-get install -y -q logrotate)
 
 test: tools $(VENV)/.installed $(DEVICE_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
 	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests
-	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE_VENV)/bin/pytest -q tests/runtime tests/firmware_bridge tests/stepwise_cli tests/test_architecture.py
+	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE_VENV)/bin/pytest -q $(DEVICE_TESTS)
+	@$(MAKE) --no-print-directory test-device-3.13
+
+ifeq ($(PYTHON313),)
+test-device-3.13:
+	@echo "device suite on Python 3.13: skipped (no python3.13 found under pyenv; set PYTHON313=/path/to/python3.13)"
+else
+test-device-3.13: $(DEVICE313_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
+	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE313_VENV)/bin/pytest -q $(DEVICE_TESTS)
+endif
 
 ## Demo, bench, bundle --------------------------------------------------------------
+# One archive for a device: project wheel, hashed requirements, their wheels for each
+# target (python-arch), artifacts, systemd unit, udev rule, logrotate file, install.sh.
+bundle: $(VENV)/.installed
+	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build
+	$(VENV)/bin/python deploy/bundle.py --artifacts $(ARTIFACTS) --out build/bundle \
+	    --cache build/wheels $(addprefix --target ,$(BUNDLE_TARGETS))
+
 serve: $(DEVICE_VENV)/.installed
 	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build
 	$(DEVICE_VENV)/bin/python -m stepwise_cli.demo --artifacts $(ARTIFACTS)
@@ -57,6 +88,6 @@ bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	$(VENV)/bin/python -m bench.run --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) $(DEVICE_VENV) build .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info
 	find $(ARTIFACTS) -mindepth 1 ! -name README.md ! -name .gitkeep -exec rm -rf {} +
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

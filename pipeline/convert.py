@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from pipeline.config import QuantizeConfig
 from pipeline.stepmodel import INPUT_NAME, SIGNATURE_KEY, StepModel
+from runtime import native_log
 from runtime.contract import TensorSpec
 from runtime.errors import StepwiseError
 
@@ -128,7 +129,8 @@ def convert(saved_model: Path, variant: str, calibration: list[dict[str, np.ndar
             if variant == "int16x8" else tf.lite.OpsSet.TFLITE_BUILTINS_INT8
         ]
     try:
-        return conv.convert()
+        with native_log.filtered():  # the converter's C++ log lines
+            return conv.convert()
     except Exception as e:  # the converter raises many types; keep its message
         raise StepwiseError(f"TFLite conversion of the {variant} variant failed: {e}") from e
 
@@ -136,7 +138,8 @@ def convert(saved_model: Path, variant: str, calibration: list[dict[str, np.ndar
 def _interpreter(model: bytes):
     from ai_edge_litert.interpreter import Interpreter
 
-    return Interpreter(model_content=model)
+    with native_log.filtered():
+        return Interpreter(model_content=model)
 
 
 def tensor_map(model: bytes) -> dict[str, TensorSpec]:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from runtime import native_log
 from runtime.affine import dequantize, is_quantized, quantize
 from runtime.contract import TensorSpec
 from runtime.errors import ConfigError, ContractError
@@ -178,14 +179,15 @@ def load_model(model: bytes, signature_key: str, *, backend: str | None = None,
                num_threads: int | None = None) -> LoadedModel:
     """Create an interpreter for ``model`` and bind its signature's tensors by name."""
     name, cls, version = choose_backend(backend)
-    try:
-        interpreter = cls(model_content=model, num_threads=num_threads)
-    except (ValueError, RuntimeError) as e:
-        raise ContractError(f"the {name} interpreter cannot load the model: {e}") from None
-    loaded = LoadedModel(interpreter=interpreter, backend=name, version=version,
-                         signature_key=signature_key, model=model)
-    loaded.inputs, loaded.outputs = _signature_tensors(interpreter, signature_key)
-    interpreter.allocate_tensors()
+    with native_log.filtered():  # the XNNPACK delegate's INFO line
+        try:
+            interpreter = cls(model_content=model, num_threads=num_threads)
+        except (ValueError, RuntimeError) as e:
+            raise ContractError(f"the {name} interpreter cannot load the model: {e}") from None
+        loaded = LoadedModel(interpreter=interpreter, backend=name, version=version,
+                             signature_key=signature_key, model=model)
+        loaded.inputs, loaded.outputs = _signature_tensors(interpreter, signature_key)
+        interpreter.allocate_tensors()
     return loaded
 
 

@@ -1,4 +1,7 @@
-"""Build-host commands: ``stepwise build``, ``stepwise convert``, ``stepwise verify``."""
+"""Build-host commands: ``stepwise build``, ``stepwise convert``, ``stepwise verify``.
+
+TensorFlow comes in with this module (imported by the command line on first use, with
+TensorFlow's start-up log lines filtered)."""
 from __future__ import annotations
 
 from pathlib import Path

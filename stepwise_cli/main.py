@@ -4,16 +4,20 @@ Every command is a thin module of this package (parse the options, build the lib
 options, call the library), imported only when invoked, so the device (no TensorFlow)
 can run ``stepwise serve`` and ``stepwise --help`` without touching the build-host
 modules. Library errors (``StepwiseError``) become a one-line message and the error's
-own exit code here, and nowhere else.
+own exit code here, and nowhere else. On a device install, build-only commands say in
+one line that they need the build environment (exit 2).
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import os
 import sys
 
 import click
 
+from runtime import native_log
 from runtime.errors import StepwiseError
 
 # name -> (module:attribute, one-line help shown by `stepwise --help`)
@@ -30,6 +34,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 BUILD_ONLY = ("stepwise_cli.build", "pipeline")  # modules that need the build environment
+BUILD_PACKAGES = ("tensorflow", "keras", "matplotlib")
+BUILD_ENV_MISSING = ("'stepwise {name}' needs the build environment (TensorFlow and Keras), which "
+                     "is not installed here: on a build host, pip install 'stepwise-edge[build]'")
+
+
+def _build_only(name: str) -> bool:
+    return COMMANDS[name][0].startswith(BUILD_ONLY)
+
+
+def _have_build_env() -> bool:
+    return all(importlib.util.find_spec(p) is not None for p in ("tensorflow", "keras"))
+
+
+def _native_log_level(verbose: int) -> None:
+    """TensorFlow's and the interpreters' own log lines: shown only with -vv."""
+    if verbose > 1:
+        os.environ[native_log.ENV_VAR] = "0"
+    else:
+        os.environ.setdefault(native_log.ENV_VAR, "2")
+
+
+def _build_env_missing(name: str) -> click.Command:
+    """Stands in for a build-only command on a device install: one line, exit 2."""
+    def refuse(**_: object) -> None:
+        click.echo("Error: " + BUILD_ENV_MISSING.format(name=name), err=True)
+        raise click.exceptions.Exit(2)
+
+    return click.Command(name, callback=refuse, add_help_option=False,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 class _CliError(click.ClickException):
@@ -47,23 +80,23 @@ class StepwiseGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return super().get_command(ctx, name)
-        target, _ = COMMANDS[name]
-        module_name, attr = target.split(":")
+        _native_log_level(ctx.params.get("verbose", 0))
+        if _build_only(name) and not _have_build_env():
+            return _build_env_missing(name)
+        module_name, attr = COMMANDS[name][0].split(":")
         try:
-            module = importlib.import_module(module_name)
+            with native_log.filtered():  # TensorFlow's start-up lines
+                module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if module_name.startswith(BUILD_ONLY) and e.name and e.name.split(".")[0] in (
-                "tensorflow", "keras", "matplotlib"
-            ):
-                raise click.UsageError(
-                    f"'stepwise {name}' runs on the build host: it needs TensorFlow "
-                    f"(install with: pip install 'stepwise[build]'). This is a device install."
-                ) from None
+            if _build_only(name) and (e.name or "").split(".")[0] in BUILD_PACKAGES:
+                return _build_env_missing(name)
             raise
         return getattr(module, attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        mark = "[build env] " if _have_build_env() else "[build env, not installed] "
+        rows = [(name, (mark if _build_only(name) else "") + COMMANDS[name][1])
+                for name in sorted(COMMANDS)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -72,14 +105,20 @@ class StepwiseGroup(click.Group):
             return super().invoke(ctx)
         except StepwiseError as e:
             raise _CliError(str(e), e.exit_code) from None
+        except ModuleNotFoundError as e:  # a build module imported by a command on a device
+            name = ctx.invoked_subcommand
+            if name in COMMANDS and _build_only(name) and (e.name or "").split(".")[0] in BUILD_PACKAGES:
+                raise _CliError(BUILD_ENV_MISSING.format(name=name), 2) from None
+            raise
 
 
 @click.group(cls=StepwiseGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-@click.version_option(package_name="stepwise")
+@click.version_option(package_name="stepwise-edge")
 def cli(verbose: int, quiet: bool) -> None:
     """stepwise: stateful recurrent Keras models, one sample at a time, on small devices."""
+    _native_log_level(verbose)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(
         level=level, stream=sys.stderr,
