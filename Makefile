@@ -57,6 +57,7 @@ tools:
 	@command -v gcc > /dev/null || (apt-get update -q && apt-get install -y -q gcc)
 	@command -v systemd-analyze > /dev/null || (apt-get update -q && apt-get install -y -q systemd)
 	@command -v logrotate > /dev/null || (apt-get update -q && apt-get install -y -q logrotate)
+	@command -v strace > /dev/null || (apt-get update -q && apt-get install -y -q strace)
 
 test: tools $(VENV)/.installed $(DEVICE_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
 	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests

@@ -50,8 +50,10 @@ class BuildResult:
 def build_artifacts(cfg: BuildConfig, out: str | os.PathLike, data: str | None = None) -> BuildResult:
     """The default job: train on ``data`` (or the synthetic set) and package."""
     t0 = time.monotonic()
+    _phase("loading data")
     seqs = load_training_data(data, cfg.data)
     sp = split(seqs, cfg.data)
+    _phase("training")
     result = train(sp, cfg.model, cfg.train, calibration=conv.calibration_set(sp.X_train, cfg.quantize))
     return package(result.model, sp, cfg, Path(out), result, t0)
 
@@ -60,6 +62,7 @@ def convert_artifacts(model_path: str | os.PathLike, data: str, cfg: BuildConfig
                       out: str | os.PathLike) -> BuildResult:
     """A model trained elsewhere: ``data`` calibrates and verifies; inputs go in as-is."""
     t0 = time.monotonic()
+    _phase("loading the model and data")
     model = load_keras_model(model_path)
     seqs = load_training_data(data, cfg.data)
     sp = split(seqs, cfg.data, normalise=False)
@@ -77,6 +80,7 @@ def _check_data_fits(model: keras.Model, sp: Split) -> None:
 
 def package(model: keras.Model, sp: Split, cfg: BuildConfig, out: Path,
             trained: TrainResult | None, t0: float) -> BuildResult:
+    _phase("building the one-step model")
     step = StepModel.from_keras(model, cfg.quantize.cell_layout)  # refuses unstreamable models first
     _check_step_parity(model, step, sp)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +93,11 @@ def package(model: keras.Model, sp: Split, cfg: BuildConfig, out: Path,
     seconds = time.monotonic() - t0
     log.info("build complete in %.1f s: %s (default variant %s)", seconds, out, contract.default_variant)
     return BuildResult(contract, out, results, seconds)
+
+
+def _phase(what: str) -> None:
+    """One INFO line as each long phase starts (the command's -q hides them)."""
+    log.info("== %s", what)
 
 
 def _check_step_parity(model: keras.Model, step: StepModel, sp: Split) -> None:
@@ -109,13 +118,16 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
         save_history(trained, stage / "training_history.json")
     np.savez(stage / TEST_DATA, X=sp.raw(sp.X_test), y=sp.y_test,
              feature_names=np.array(sp.feature_names))
+    _phase(f"converting and quantizing ({', '.join(cfg.quantize.variants)})")
     variants = _convert_variants(step, sp, cfg, stage)
     contract = _contract(step, sp, variants, default="float32")
     C.write_contract(contract, stage)
+    _phase("checking each variant with TFLite Micro")
     micro = _micro_check(contract, stage, sp)
     contract = _contract(step, sp, {v: replace(spec, micro=micro.get(v, {})) for v, spec in variants.items()},
                          default="float32")
     C.write_contract(contract, stage)
+    _phase("verifying parity, agreement and drift; writing the report")
     results = verify_all(stage, cfg.verify, report=True,
                          history=trained.history if trained else None)
     failed_float = results["float32"]["failed"]
@@ -126,6 +138,7 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
     contract = _contract(step, sp, variants, default="float32" if "float32" in passed else passed[0])
     C.write_contract(contract, stage)
+    _phase("exporting the firmware files")
     export_c(contract, stage)
     return contract, results
 

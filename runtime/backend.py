@@ -166,9 +166,14 @@ def choose_backend(requested: str | None = None) -> tuple[str, Callable[..., Any
     )
 
 
+_announced: set[str] = set()  # backends already named at INFO in this process
+
+
 def _log_choice(name: str, version: str, reason: str) -> None:
-    log.info("interpreter backend: %s %s (%s)", name, version, reason)
-    if name == "tensorflow":
+    first = name not in _announced
+    _announced.add(name)
+    log.log(logging.INFO if first else logging.DEBUG, "interpreter backend: %s %s (%s)", name, version, reason)
+    if name == "tensorflow" and first:
         log.warning(
             "running the model with tensorflow.lite: slow to import and large; install "
             "tflite-runtime or ai-edge-litert for the device"

@@ -21,7 +21,7 @@ from typing import Iterator
 ENV_VAR = "TF_CPP_MIN_LOG_LEVEL"
 
 # absl / glog: "I0000 00:00:1796155509.338244   23326 port.cc:153] message"
-_ABSL = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ \]]+:\d+\] ")
+_ABSL = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
 _LEVEL = {b"I": 1, b"W": 2, b"E": 3, b"F": 4}
 # Lines whose level is fixed: the prefix -> the TF_CPP_MIN_LOG_LEVEL from which they go.
 _PREFIXES: tuple[tuple[bytes, int], ...] = (

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import sys
+import warnings
 
 import click
 
@@ -51,8 +52,10 @@ def _native_log_level(verbose: int) -> None:
     """TensorFlow's and the interpreters' own log lines: shown only with -vv."""
     if verbose > 1:
         os.environ[native_log.ENV_VAR] = "0"
-    else:
-        os.environ.setdefault(native_log.ENV_VAR, "2")
+        return
+    os.environ.setdefault(native_log.ENV_VAR, "2")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "INFO:tensorflow:Assets written"
+    warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
 
 
 def _build_env_missing(name: str) -> click.Command:

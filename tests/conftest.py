@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_TF = importlib.util.find_spec("tensorflow") is not None
 
-collect_ignore_glob = [] if HAVE_TF else ["pipeline/*", "integration/*"]
+collect_ignore_glob = [] if HAVE_TF else ["pipeline/*", "integration/*", "deploy/*"]
 GUARDED = ("artifacts", "state")
 _BEFORE = pytest.StashKey[dict]()
 

@@ -49,6 +49,7 @@ def _fake_package(monkeypatch, package: str, module: str, version: str) -> type:
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch):
     monkeypatch.delenv(B.ENV_VAR, raising=False)
+    monkeypatch.setattr(B, "_announced", set())  # each test sees the first choice's INFO line
 
 
 # -- selection -------------------------------------------------------------------------
@@ -75,6 +76,14 @@ def test_falls_back_in_order_and_warns_only_for_tensorflow(monkeypatch, caplog):
         assert B.choose_backend() == ("tensorflow", fake_tf, "2.0-fake")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "tflite-runtime or ai-edge-litert" in warnings[0].getMessage()
+
+
+def test_the_choice_is_named_at_info_once_per_process(caplog):
+    with caplog.at_level(logging.DEBUG, logger="runtime.backend"):
+        for _ in range(3):
+            name, _, _ = B.choose_backend()
+    levels = [r.levelno for r in caplog.records if "interpreter backend:" in r.getMessage()]
+    assert levels == [logging.INFO, logging.DEBUG, logging.DEBUG]
 
 
 def test_no_backend_installed_is_a_clear_error(monkeypatch):
