@@ -52,7 +52,7 @@ def test_installed_venv_is_a_device_install(bundle_install):
 def test_replay_matches_the_311_device_environment(bundle_install, tiny_artifacts, variant, tolerance):
     data = tiny_artifacts / "test_data.npz"
     ours = _replay([str(bundle_install.stepwise)], bundle_install.prefix / "artifacts", data, variant)
-    ref = _replay([str(DEVICE_PYTHON), "-m", "runtime"], tiny_artifacts, data, variant)
+    ref = _replay([str(DEVICE_PYTHON), "-m", "stepwise_cli"], tiny_artifacts, data, variant)
     assert len(ours) == len(ref) > 0
     assert [(r["i"], r["seq"], r["step"]) for r in ours] == [(r["i"], r["seq"], r["step"]) for r in ref]
     diff = np.abs(np.array([r["y"] for r in ours]) - np.array([r["y"] for r in ref])).max()

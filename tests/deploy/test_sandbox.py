@@ -105,7 +105,7 @@ def traced_serve(python: Path, artifacts: Path, tmp: Path) -> tuple[list[str], l
     notify.bind(str(tmp / "notify"))
     notify.settimeout(60)
     out, trace = tmp / "predictions.jsonl", tmp / "trace"
-    cmd = ["strace", "-f", "-qq", "-o", str(trace), str(python), "-m", "runtime", "serve",
+    cmd = ["strace", "-f", "-qq", "-o", str(trace), str(python), "-m", "stepwise_cli", "serve",
            "--artifacts", str(artifacts), "--port", str(link), "--protocol", "text",
            "--state-dir", str(tmp / "state"), "--checkpoint-interval", "0.2", "--output", str(out)]
     env = {"PATH": os.environ["PATH"], "NOTIFY_SOCKET": str(tmp / "notify"), "WATCHDOG_USEC": "2000000"}
@@ -157,7 +157,7 @@ try:
     sys.exit("a writable and executable mapping was allowed: MDWE is not in force")
 except PermissionError:
     pass
-from runtime.cli import main
+from stepwise_cli.main import main
 main()
 """
 
@@ -172,7 +172,7 @@ def _mdwe_supported() -> bool:
 def test_replay_under_memory_deny_write_execute(device_python, tiny_artifacts, variant):
     backend, python = device_python
     args = ["replay", "--artifacts", str(tiny_artifacts), "--variant", variant, str(tiny_artifacts / "test_data.npz")]
-    free = subprocess.run([str(python), "-m", "runtime", *args], capture_output=True, text=True, timeout=120)
+    free = subprocess.run([str(python), "-m", "stepwise_cli", *args], capture_output=True, text=True, timeout=120)
     held = subprocess.run([str(python), "-c", MDWE_PROBE, *args], capture_output=True, text=True, timeout=120)
     assert held.returncode == 0, f"{backend}: {held.stderr[-2000:]}"
     assert free.returncode == 0 and held.stdout == free.stdout and held.stdout.count("\n") > 100

@@ -11,7 +11,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from runtime import cli as cli_module
+from stepwise_cli import main as cli_module
 
 HAVE_TF = importlib.util.find_spec("tensorflow") is not None
 
@@ -47,7 +47,7 @@ def test_help_marks_build_only_commands(device):
 
 @pytest.mark.skipif(HAVE_TF, reason="a real device install has no TensorFlow")
 def test_no_traceback_from_a_real_process():
-    proc = subprocess.run([sys.executable, "-m", "runtime", "build", "--out", "x"],
+    proc = subprocess.run([sys.executable, "-m", "stepwise_cli", "build", "--out", "x"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "needs the build environment" in proc.stderr
