@@ -25,7 +25,7 @@ from pipeline import __version__
 from pipeline import convert as conv
 from pipeline import micro
 from pipeline.artifacts import MODEL_FILE, TEST_DATA, load_keras_model
-from pipeline.config import BuildConfig
+from pipeline.config import BuildConfig, VerifyConfig
 from pipeline.data import Split, load_training_data, split
 from pipeline.stepmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, StepModel, keras_sequence_outputs
 from pipeline.train import TrainResult, save_history, train
@@ -123,7 +123,7 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     contract = _contract(step, sp, variants, default="float32")
     C.write_contract(contract, stage)
     _phase("checking each variant with TFLite Micro")
-    micro = _micro_check(contract, stage, sp)
+    micro = _micro_check(contract, stage, sp, cfg.verify)
     contract = _contract(step, sp, {v: replace(spec, micro=micro.get(v, {})) for v, spec in variants.items()},
                          default="float32")
     C.write_contract(contract, stage)
@@ -143,12 +143,12 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     return contract, results
 
 
-def _micro_check(contract: C.ModelContract, stage: Path, sp: Split) -> dict[str, dict]:
+def _micro_check(contract: C.ModelContract, stage: Path, sp: Split, cfg: VerifyConfig) -> dict[str, dict]:
     """Each variant through the TFLite Micro interpreter (arena size, parity with the engine)."""
     if not micro.micro_available():
         log.warning("tflite-micro is not installed: the microcontroller check is skipped")
         return {}
-    found = micro.check_all(contract, stage, sp.raw(sp.X_test[:64]))
+    found = micro.check_all(contract, stage, sp.raw(sp.X_test[:64]), cfg)
     for v, r in found.items():
         log.info("TFLite Micro %s: %s", v, f"arena {r.get('arena_bytes')} bytes, max |dy| vs engine "
                  f"{r.get('max_abs', float('nan')):.2e}" if r.get("runs") else f"cannot run: {r.get('error')}")

@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from firmware_bridge.export_c import bind_variant
+from pipeline.config import VerifyConfig
 from runtime.affine import dequantize, quantize
-from runtime.contract import ModelContract, read_model_bytes
+from runtime.contract import ModelContract, classes, read_model_bytes
 from runtime.engine import Engine
+from runtime.replay import replay
 from runtime.errors import ConfigError, ContractError, DataError
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 900
 ARENA_ALIGN = 16
 ARENA_MAX = 256 * 1024 * 1024
-# docs/DESIGN.md "Quality bars", applied to micro vs engine on the same variant
-BARS = {"float32": {"max_abs": 1e-5},
-        "int16x8": {"agreement": 0.999, "p99_abs": 0.01},
-        "int8": {"agreement": 0.995, "p99_abs": 0.03, "max_abs": 0.10}}
 _PHASES = {"start": "while starting", "allocate": "loading the model and allocating its tensors",
            "bind": "reading the input/output details", "invoke": "while invoking the model"}
 _OP_PATTERNS = (r"opcode '(\w+)'", r"Node (\w+) \(number \d+\)", r"op code (\w+)")
@@ -70,15 +68,14 @@ def micro_available() -> bool:
 
 
 def normalise(contract: ModelContract, X_raw) -> np.ndarray:
-    """``X_raw`` ``[m, T, F]`` -> normalised float32, computed as the engine does."""
+    """``X_raw`` ``[m, T, F]`` (finite) -> normalised float32 (``InputSpec.normalise``)."""
     X = np.asarray(X_raw, np.float32)
     inp = contract.input
     if X.ndim != 3 or X.shape[2] != inp.features or X.shape[0] * X.shape[1] == 0:
         raise DataError(f"need sequences [m, T, {inp.features}], got {list(X.shape)}")
     if not np.isfinite(X).all():
         raise DataError("the sequences hold NaN/Inf values")
-    inv_std = (1.0 / np.asarray(inp.std, np.float32)).astype(np.float32)
-    return ((X - np.asarray(inp.mean, np.float32)) * inv_std).astype(np.float32)
+    return inp.normalise(X)
 
 
 def micro_outputs(contract: ModelContract, artifacts_dir: str | os.PathLike, variant: str,
@@ -144,32 +141,38 @@ def _collect(work: Path, code: int | None, variant: str) -> MicroRun:
 def engine_outputs(artifacts_dir: str | os.PathLike, variant: str, X_raw) -> np.ndarray:
     """The runtime engine's outputs ``[m, T, units]``, each sequence from a reset state."""
     engine = Engine.load(artifacts_dir, variant=variant, lanes=1, reset="never")
-    X = np.asarray(X_raw, np.float32)
-    y = np.zeros((*X.shape[:2], engine.output.units), np.float32)
-    for i, seq in enumerate(X):
-        engine.reset()
-        for t, sample in enumerate(seq):
-            y[i, t] = engine.step(sample).y
-    return y
+    return replay(engine, np.asarray(X_raw, np.float32)).as_array()
 
 
-def compare(contract: ModelContract, variant: str, y_micro: np.ndarray, y_engine: np.ndarray) -> dict:
-    """Micro vs engine figures and the variant's bars (docs/DESIGN.md, "Quality bars")."""
+def micro_bars(variant: str, cfg: VerifyConfig) -> dict[str, float]:
+    """The variant's bars of ``cfg`` (docs/DESIGN.md, "Quality bars"), held by micro
+    against the engine on the same variant."""
+    if variant == "float32":
+        return {"max_abs": cfg.float_max_abs}
+    if variant == "int16x8":
+        return {"agreement": cfg.int16x8_agreement, "p99_abs": cfg.int16x8_p99}
+    return {"agreement": cfg.int8_agreement, "p99_abs": cfg.int8_p99, "max_abs": cfg.int8_max}
+
+
+def compare(contract: ModelContract, variant: str, y_micro: np.ndarray, y_engine: np.ndarray,
+            cfg: VerifyConfig) -> dict:
+    """Micro vs engine figures and the variant's bars."""
     dy = np.abs(y_micro.astype(np.float64) - y_engine).ravel()
     out = contract.output
     flat_m, flat_e = y_micro.reshape(-1, out.units), y_engine.reshape(-1, out.units)
-    agree = np.mean([out.label_of(a) == out.label_of(b) for a, b in zip(flat_m, flat_e)])
+    agree = np.mean(classes(flat_m, out.kind) == classes(flat_e, out.kind))
     figures = {"steps": int(flat_m.shape[0]), "max_abs": float(dy.max()),
                "p99_abs": float(np.percentile(dy, 99)), "mean_abs": float(dy.mean()),
                "agreement": float(agree), "exact": float(np.mean(y_micro == y_engine))}
-    bars = BARS.get(variant, BARS["int8"])
+    bars = micro_bars(variant, cfg)
     failed = [f"{k}={figures[k]:.6g}, bar {k} {'>=' if k == 'agreement' else '<='} {v}"
               for k, v in bars.items() if (figures[k] < v if k == "agreement" else figures[k] > v)]
     figures.update(bars=dict(bars), failed=failed, passed=not failed)
     return figures
 
 
-def check_variant(contract: ModelContract, artifacts_dir: str | os.PathLike, variant: str, X_raw) -> dict:
+def check_variant(contract: ModelContract, artifacts_dir: str | os.PathLike, variant: str, X_raw,
+                  cfg: VerifyConfig = VerifyConfig()) -> dict:
     """Run ``variant`` on TFLite Micro over ``X_raw`` ``[m, T, F]`` and compare with the engine.
 
     Returns ``{"runs": True, "interpreter", "arena_bytes", "arena_used_bytes", "steps",
@@ -181,11 +184,11 @@ def check_variant(contract: ModelContract, artifacts_dir: str | os.PathLike, var
     if not run.runs:
         log.warning("TFLite Micro cannot run %s: %s", variant, run.error)
         return {"runs": False, "error": run.error, "op": run.op, "interpreter": run.version}
-    figures = compare(contract, variant, run.y, engine_outputs(artifacts_dir, variant, X_raw))
+    figures = compare(contract, variant, run.y, engine_outputs(artifacts_dir, variant, X_raw), cfg)
     result = {"runs": True, "interpreter": run.version, "arena_bytes": run.arena_bytes,
               "arena_used_bytes": run.arena_used_bytes, **figures}
     if variant != "float32" and "float32" in contract.variants:  # for information: no bar
-        vs = compare(contract, variant, run.y, engine_outputs(artifacts_dir, "float32", X_raw))
+        vs = compare(contract, variant, run.y, engine_outputs(artifacts_dir, "float32", X_raw), cfg)
         result["vs_float32"] = {k: vs[k] for k in ("max_abs", "p99_abs", "agreement")}
     if run.notes:
         result["notes"] = run.notes
@@ -196,9 +199,10 @@ def check_variant(contract: ModelContract, artifacts_dir: str | os.PathLike, var
     return result
 
 
-def check_all(contract: ModelContract, artifacts_dir: str | os.PathLike, X_raw) -> dict[str, dict]:
-    """``check_variant`` for every variant of the manifest."""
-    return {v: check_variant(contract, artifacts_dir, v, X_raw) for v in contract.variants}
+def check_all(contract: ModelContract, artifacts_dir: str | os.PathLike, X_raw,
+              cfg: VerifyConfig = VerifyConfig()) -> dict[str, dict]:
+    """``check_variant`` for every variant of the manifest, against the bars of ``cfg``."""
+    return {v: check_variant(contract, artifacts_dir, v, X_raw, cfg) for v in contract.variants}
 
 
 # -- the child process: everything that touches the TFLite Micro interpreter -------------

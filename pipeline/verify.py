@@ -20,8 +20,9 @@ from pipeline.artifacts import MODEL_FILE, TEST_DATA, load_keras_model
 from pipeline.config import VerifyConfig
 from pipeline.report import write_report
 from pipeline.stepmodel import keras_sequence_outputs
-from runtime.contract import load_contract
+from runtime.contract import classes, load_contract
 from runtime.engine import Engine
+from runtime.replay import replay
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,6 @@ def bars_for(variant: str, cfg: VerifyConfig) -> list[Bar]:
             Bar("int8 drift max", "drift_max_abs", cfg.int8_max, False)]
 
 
-def classes(y: np.ndarray, kind: str) -> np.ndarray:
-    """Class index per output vector ``[..., units]``."""
-    if kind == "sigmoid" and y.shape[-1] == 1:
-        return (y[..., 0] >= 0.5).astype(np.int64)
-    return np.argmax(y, axis=-1)
-
-
 def compare(ref: np.ndarray, got: np.ndarray, kind: str, prefix: str = "") -> dict[str, float]:
     d = np.abs(got.astype(np.float64) - ref.astype(np.float64)).reshape(-1)
     return {
@@ -85,13 +79,12 @@ def long_stream(X: np.ndarray, steps: int, seed: int) -> np.ndarray:
 def engine_outputs(artifacts: Path, variant: str, X_raw: np.ndarray) -> tuple[np.ndarray, float, str]:
     """Run raw (un-normalised) sequences ``[m, T, F]`` through the runtime engine.
 
-    Each sequence is one lane of the batch, all lanes start from a reset state, one
-    invoke per step: ``[m, T, units]``. Also returns the median per-step time of a
-    single-lane engine (microseconds) and the backend name.
+    Each sequence from a reset state through a single-lane engine, one sample at a time
+    (``runtime.replay.replay``, what the device does): ``[m, T, units]``. Also returns the
+    median per-step time (microseconds) and the backend name.
     """
-    m, T, _ = X_raw.shape
-    engine = Engine.load(artifacts, variant=variant, lanes=m, reset="never")
-    ys = np.stack([engine.step_lanes(X_raw[:, t, :]).y.copy() for t in range(T)], axis=1)
+    engine = Engine.load(artifacts, variant=variant, lanes=1, reset="never")
+    ys = replay(engine, X_raw).as_array()
     return ys, _latency_us(artifacts, variant, X_raw), engine.backend
 
 
@@ -137,12 +130,10 @@ def verify_all(artifacts: Path, cfg: VerifyConfig, *, report: bool = False,
     """Verify every variant of ``artifacts``; optionally write ``report/``."""
     artifacts = Path(artifacts)
     contract, model, X_raw, y = load_reference(artifacts)
-    mean = np.asarray(contract.input.mean, np.float32)
-    std = np.asarray(contract.input.std, np.float32)
     kind = contract.output.kind
-    ref = keras_sequence_outputs(model, (X_raw - mean) / std)
+    ref = keras_sequence_outputs(model, contract.input.normalise(X_raw))
     stream_raw = long_stream(X_raw, cfg.drift_steps, seed=0)
-    stream_ref = keras_sequence_outputs(model, (stream_raw - mean) / std)
+    stream_ref = keras_sequence_outputs(model, contract.input.normalise(stream_raw))
     results, outputs = {}, {}
     for v in variants or list(contract.variants):
         log.info("verifying %s", v)

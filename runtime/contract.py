@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import ContractError, ModelIntegrityError
 
@@ -55,6 +57,21 @@ class InputSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dtype: str = "float32"
+
+    def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)``, float32 ``[features]`` each; ``ContractError`` unless there are
+        ``features`` means and as many positive stds."""
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        if mean.shape != (self.features,) or std.shape != (self.features,) or not np.all(std > 0):
+            raise ContractError(f"manifest normalisation needs {self.features} means and "
+                                f"positive stds, got mean={self.mean} std={self.std}")
+        return mean, std
+
+    def normalise(self, x) -> np.ndarray:
+        """Raw samples ``[..., features]`` -> the model's input ``(x - mean) / std``, in
+        float32: the engine's arithmetic exactly (it does the same in place, per step)."""
+        mean, std = self.normalisation()
+        return (np.asarray(x, np.float32) - mean) / std
 
 
 @dataclass(frozen=True)
@@ -87,12 +104,27 @@ class OutputSpec:
     units: int
     labels: tuple[str, ...]
 
+    def class_of(self, y) -> int:
+        """``classes`` of one output vector ``y`` ``[units]``, without array overhead (the
+        daemon asks once per sample)."""
+        if self.kind == "sigmoid" and self.units == 1:
+            return int(float(y[0]) >= 0.5)
+        return int(np.argmax(y))
+
     def label_of(self, y) -> str:
         """Class label for one output vector ``y`` ``[units]``."""
-        if self.kind == "sigmoid" and self.units == 1:
-            return self.labels[1 if float(y[0]) >= 0.5 else 0]
-        best = max(range(self.units), key=lambda i: float(y[i]))
+        best = self.class_of(y)
         return self.labels[best] if best < len(self.labels) else str(best)
+
+
+def classes(y, kind: str) -> np.ndarray:
+    """The class decision, the one rule: output vectors ``[..., units]`` -> int64 ``[...]``.
+    A single sigmoid unit is class 1 at ``y >= 0.5``, else 0; otherwise the largest output
+    (the first of equal ones)."""
+    y = np.asarray(y)
+    if kind == "sigmoid" and y.shape[-1] == 1:
+        return (y[..., 0] >= 0.5).astype(np.int64)
+    return np.argmax(y, axis=-1).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,7 @@ class Daemon:
             extra += f', "frame": {event.seq}'
         if self.opts.protocol == "cobs" or self.opts.reply:
             y = pred.y
-            index = int(y[0] >= 0.5) if self.contract.output.kind == "sigmoid" and len(y) == 1 else int(y.argmax())
-            source.write_prediction(y.tolist(), index, pred.label, seq=event.seq)
+            source.write_prediction(y.tolist(), self.contract.output.class_of(y), pred.label, seq=event.seq)
         return record_line(self.engine.samples_seen - 1, self.seq, pred, extra)
 
     def status(self) -> str:

@@ -155,12 +155,7 @@ class Engine:
     def _bind(self, contract: ModelContract, model: LoadedModel) -> None:
         model.resize(self.lanes)
         inp = contract.input
-        std = np.asarray(inp.std, np.float32)
-        if len(inp.mean) != inp.features or std.shape != (inp.features,) or not np.all(std > 0):
-            raise ContractError(f"manifest normalisation needs {inp.features} means and "
-                                f"positive stds, got mean={inp.mean} std={inp.std}")
-        self._mean = np.asarray(inp.mean, np.float32)
-        self._std = std
+        self._mean, self._std = inp.normalisation()  # applied in place: InputSpec.normalise
         self._x = model.inputs[inp.name]
         self._xv = model.view(self._x)
         shape = (self.lanes, inp.features)

@@ -10,7 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.micro import BARS, _collect, check_all, check_variant, engine_outputs, micro_outputs
+from pipeline.config import VerifyConfig
+from pipeline.micro import _collect, check_all, check_variant, engine_outputs, micro_bars, micro_outputs
 from runtime.contract import load_contract, write_contract
 from runtime.errors import ContractError
 
@@ -39,12 +40,12 @@ def test_every_variant_runs_on_tflite_micro_within_its_bars(contract, results, X
             continue
         assert r["steps"] == X.shape[0] * X.shape[1]
         assert r["passed"] and not r["failed"], (variant, r)
-        assert r["bars"] == BARS[variant]
+        assert r["bars"] == micro_bars(variant, VerifyConfig())
         if variant == "float32":
             assert r["max_abs"] <= 1e-5
         else:  # same quantized math on both sides: at most a few output quantization steps
-            assert r["p99_abs"] <= BARS[variant]["p99_abs"] and r["max_abs"] <= 0.02
-            assert r["agreement"] >= BARS[variant]["agreement"]
+            assert r["p99_abs"] <= micro_bars(variant, VerifyConfig())["p99_abs"] and r["max_abs"] <= 0.02
+            assert r["agreement"] >= micro_bars(variant, VerifyConfig())["agreement"]
             assert set(r["vs_float32"]) == {"max_abs", "p99_abs", "agreement"}
             assert r["vs_float32"]["p99_abs"] >= 0 and 0.9 <= r["vs_float32"]["agreement"] <= 1
 
