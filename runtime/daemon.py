@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from runtime.engine import Engine
 from runtime.errors import DataError
 from runtime.events import Reset, Sample, SampleSource
 from runtime.records import record_line
+from runtime.store import StateStore
 from runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -75,9 +77,6 @@ class Output:
 
 class Daemon:
     def __init__(self, opts: ServeOptions, notifier: Notifier | None = None):
-        from runtime.engine import Engine
-        from runtime.store import StateStore
-
         self.opts = opts
         self.notifier = notifier or Notifier()
         self.engine = Engine.load(opts.artifacts, variant=opts.variant, reset=opts.reset, backend=opts.backend)
