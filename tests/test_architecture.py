@@ -3,7 +3,8 @@
 Bottom to top (docs/DESIGN.md, "Packages and layers"):
 
 1. ``runtime`` bottom: errors, contract, datafile, snapshot, events, atomic, affine,
-   records: the standard library, numpy and each other only.
+   records (and ratelimit, rate-limited log lines): the standard library, numpy and each
+   other only.
 2. ``firmware_bridge`` wire formats (text, cobs): the runtime bottom only.
 3. ``firmware_bridge`` link and tools: the wire formats and the runtime bottom; the rest
    of ``runtime`` (engine, store, daemon, ...) beside it, never importing it.
@@ -23,8 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("runtime", "firmware_bridge", "pipeline", "stepwise_cli", "bench")
-RUNTIME_BOTTOM = {f"runtime.{m}" for m in (
-    "errors", "contract", "datafile", "snapshot", "events", "atomic", "affine", "records")}
+CORE_BOTTOM = ("errors", "contract", "datafile", "snapshot", "events", "atomic", "affine", "records")
+RUNTIME_BOTTOM = {f"runtime.{m}" for m in (*CORE_BOTTOM, "ratelimit")}  # ratelimit: log helpers
 WIRE_FORMATS = {"firmware_bridge.text", "firmware_bridge.cobs"}
 BOTTOM_THIRD_PARTY = {"numpy"}
 BUILD_ONLY_THIRD_PARTY = {"tensorflow", "keras", "matplotlib", "ai_edge_litert", "tflite_micro"}
@@ -186,7 +187,7 @@ def test_every_import_keeps_to_the_layers(project):
 
 def test_the_bottom_and_the_wire_formats_exist(project):
     edges, _ = project
-    assert RUNTIME_BOTTOM | WIRE_FORMATS <= set(edges)
+    assert {f"runtime.{m}" for m in CORE_BOTTOM} | WIRE_FORMATS <= set(edges)
 
 
 def test_the_package_arrows_point_down(project):
