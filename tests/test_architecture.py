@@ -2,7 +2,7 @@
 
 Bottom to top (docs/DESIGN.md, "Packages and layers"):
 
-1. ``runtime`` bottom: errors, contract, datafile, snapshot, events, atomic, affine,
+1. ``runtime`` bottom: errors, contract, datafile, snapshot, events, atomic, affine, ratelimit,
    records: the standard library, numpy and each other only.
 2. ``firmware_bridge`` wire formats (text, cobs): the runtime bottom only.
 3. ``firmware_bridge`` link and tools: the wire formats and the runtime bottom; the rest
@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("runtime", "firmware_bridge", "pipeline", "stepwise_cli", "bench")
 RUNTIME_BOTTOM = {f"runtime.{m}" for m in (
-    "errors", "contract", "datafile", "snapshot", "events", "atomic", "affine", "records")}
+    "errors", "contract", "datafile", "snapshot", "events", "atomic", "affine", "records", "ratelimit")}
 WIRE_FORMATS = {"firmware_bridge.text", "firmware_bridge.cobs"}
 BOTTOM_THIRD_PARTY = {"numpy"}
 BUILD_ONLY_THIRD_PARTY = {"tensorflow", "keras", "matplotlib", "ai_edge_litert", "tflite_micro"}
