@@ -20,7 +20,9 @@ long, so the port keeps being drained and a slow consumer costs samples, not a s
 Rejected lines and frames are counted by reason and logged at most once per
 ``log_interval`` per reason. When the port goes away the link logs it and reopens it
 with backoff (``firmware_bridge.reconnect``); ``connected`` and the ``reconnects``
-counter show the state.
+counter show the state. Predictions go back through a bounded reply queue written by
+its own thread (``firmware_bridge.replies``): a device that never reads them costs
+replies (``replies_dropped``), never the pace of the samples.
 """
 from __future__ import annotations
 
@@ -36,10 +38,12 @@ from serial.threaded import Packetizer
 
 from firmware_bridge import cobs
 from firmware_bridge.event_queue import EventQueue
-from firmware_bridge.reconnect import PORT_ERRORS, Backoff, PortSupervisor, RateLimitedLog
+from firmware_bridge.reconnect import PORT_ERRORS, Backoff, PortSupervisor
+from firmware_bridge.replies import ReplyWriter
 from firmware_bridge.text import MAX_LINE, Comment, Header, TextParser, format_prediction
 from runtime.errors import FrameError, PortError
 from runtime.events import Reset, Sample, SourceEvent
+from runtime.ratelimit import RateLimitedLog
 
 log = logging.getLogger("firmware_bridge.link")
 
@@ -54,7 +58,8 @@ class LinkCounters:
 
     Keys: ``samples``, ``resets`` (delivered to the queue), ``overflow`` (dropped:
     queue full), ``dropped`` (cobs sequence gaps), ``hellos``, ``disconnects``,
-    ``reconnects``, ``writes``, ``write_errors``; rejections by reason in ``rejected``.
+    ``reconnects``, ``writes``, ``write_errors``, ``replies_dropped`` (reply queue full);
+    rejections by reason in ``rejected``.
     """
 
     def __init__(self) -> None:
@@ -273,7 +278,7 @@ class Link:
     def __init__(self, url: str, *, protocol: str = "text", baudrate: int = 115200,
                  feature_names: Sequence[str], queue_size: int = 1024, put_timeout: float = 0.25,
                  backoff: Backoff = Backoff(), log_interval: float = 10.0, write_timeout: float = 1.0,
-                 opener: Optional[Callable[[], serial.SerialBase]] = None):
+                 reply_queue: int = 256, opener: Optional[Callable[[], serial.SerialBase]] = None):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if queue_size < 1:
@@ -292,6 +297,8 @@ class Link:
             url, baudrate=baudrate, timeout=0.5, write_timeout=write_timeout))
         self._backoff = backoff
         self._supervisor: Optional[PortSupervisor] = None
+        self._replies = ReplyWriter(self._send, (ConnectionError, *PORT_ERRORS), self.counters.add,
+                                    self.limiter, url, maxsize=reply_queue)
         self._tx_seq = 0
 
     @classmethod
@@ -319,6 +326,7 @@ class Link:
             limiter=self.limiter, on_connect=self._on_connect,
             on_disconnect=lambda: self.counters.add("disconnects"))
         self._supervisor.start()
+        self._replies.start()
         if port is not None:
             self._supervisor.wait_state(True, timeout=5.0)  # reader running: writes work now
 
@@ -357,12 +365,16 @@ class Link:
     def reconnects(self) -> int:
         return self.counters["reconnects"]
 
+    def _send(self, data: bytes) -> None:
+        if self._supervisor is None:
+            raise ConnectionError("link not started")
+        self._supervisor.write(data)
+
     def write(self, data: bytes) -> bool:
-        """Send raw bytes to the device; ``False`` (counted, logged) if it failed."""
+        """Send raw bytes to the device now (this thread waits for the port); ``False``
+        (counted, logged) if it failed. Replies go through ``write_prediction`` instead."""
         try:
-            if self._supervisor is None:
-                raise ConnectionError("link not started")
-            self._supervisor.write(data)
+            self._send(data)
         except (ConnectionError, *PORT_ERRORS) as e:
             self.counters.add("write_errors")
             self.limiter.warning("write", "cannot write to %s: %s", self.url, e)
@@ -372,19 +384,27 @@ class Link:
 
     def write_prediction(self, outputs: Sequence[float], class_index: int, label: str,
                          seq: Optional[int] = None) -> bool:
-        """Send one prediction back: a PREDICTION frame (cobs) or a ``p=... c=...`` line (text).
+        """Queue one prediction for the device: a PREDICTION frame (cobs) or a
+        ``p=... c=...`` line (text). Never waits for the port; ``False`` (counted) when
+        the port is down or the reply queue is full.
 
         ``seq`` is the answered SAMPLE's sequence number (cobs); without it the link's
         own counter is used.
         """
+        if not self.connected:
+            self.counters.add("write_errors")
+            self.limiter.warning("write", "cannot write to %s: not connected", self.url)
+            return False
         if self.protocol == "text":
-            return self.write(format_prediction(outputs, label))
+            return self._replies.put(format_prediction(outputs, label))
         if seq is None:
             seq, self._tx_seq = self._tx_seq, (self._tx_seq + 1) % 65536
         payload = cobs.prediction_payload(class_index, [float(v) for v in outputs])
-        return self.write(cobs.encode_frame(cobs.PREDICTION, seq, payload))
+        return self._replies.put(cobs.encode_frame(cobs.PREDICTION, seq, payload))
 
     def close(self) -> None:
+        if self._replies.is_alive():
+            self._replies.stop()
         if self._supervisor is not None:
             self._supervisor.stop()
             self._supervisor = None

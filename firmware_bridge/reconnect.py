@@ -3,20 +3,21 @@
 ``PortSupervisor`` owns the port's life: it runs pyserial's ``ReaderThread`` on an
 open port, notices when the port goes away (a USB adapter unplugged: the read fails
 with ``SerialException``/``OSError`` and the protocol's ``connection_lost`` fires), logs
-it, and reopens the port with exponential backoff until it is back. ``RateLimitedLog``
-keeps a flood of identical problems down to one log line per interval.
+it, and reopens the port with exponential backoff until it is back. Its problems are
+logged through ``runtime.ratelimit.RateLimitedLog`` (one line per interval).
 """
 from __future__ import annotations
 
 import functools
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import serial
 from serial.threaded import Protocol, ReaderThread
+
+from runtime.ratelimit import RateLimitedLog
 
 log = logging.getLogger("firmware_bridge.link")
 
@@ -42,42 +43,6 @@ class Backoff:
         while True:
             yield delay
             delay = min(delay * self.factor, self.maximum)
-
-
-class RateLimitedLog:
-    """At most one log line per ``key`` per ``interval`` seconds; the rest are counted.
-
-    The next line for a key says how many were suppressed since the previous one.
-    Thread-safe; ``clock`` is injectable for tests.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
-        self.logger = logger
-        self.interval = interval
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def log(self, level: int, key: str, message: str, *args) -> bool:
-        """Log ``message % args`` unless ``key`` was logged less than ``interval`` ago."""
-        with self._lock:
-            now = self.clock()
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return False
-            suppressed = self._suppressed.pop(key, 0)
-            self._last[key] = now
-        if suppressed:
-            message += " (%d more suppressed in the last %.0f s)"
-            args = (*args, suppressed, now - last)
-        self.logger.log(level, message, *args)
-        return True
-
-    def warning(self, key: str, message: str, *args) -> bool:
-        return self.log(logging.WARNING, key, message, *args)
 
 
 class _ReaderThread(ReaderThread):

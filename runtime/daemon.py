@@ -18,11 +18,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from runtime.engine import Engine
 from runtime.errors import DataError
 from runtime.events import Reset, Sample, SampleSource
+from runtime.output import Output
 from runtime.records import record_line
 from runtime.store import StateStore
 from runtime.systemd import Notifier
@@ -46,33 +46,6 @@ class ServeOptions:
     reply: bool = False  # text mode: a "p=... c=..." line back per sample (cobs always replies)
     status_interval: float = 60.0
     backend: str | None = None
-
-
-class Output:
-    """JSON lines to a file (reopened on SIGHUP) or to stdout."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._f: TextIO = sys.stdout if path is None else open(path, "a", buffering=1)
-
-    def write_lines(self, lines: list[str]) -> None:
-        """Write whole lines (each ending in a newline) at once; stdout is flushed."""
-        if lines:
-            self._f.write("".join(lines))
-            if self.path is None:
-                self._f.flush()
-
-    def reopen(self) -> None:
-        if self.path is not None:
-            self._f.close()
-            self._f = open(self.path, "a", buffering=1)
-            log.info("output %s reopened", self.path)
-
-    def close(self) -> None:
-        if self.path is not None:
-            self._f.close()
-        else:
-            self._f.flush()
 
 
 class Daemon:
@@ -122,11 +95,12 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: the write fails, counted
 
     # -- the loop --------------------------------------------------------------------
     def run(self, source: SampleSource) -> int:
         """Serve ``source`` until SIGTERM/SIGINT; ``source`` is closed on the way out."""
-        out = Output(self.opts.output)
+        out = self.output = Output(self.opts.output)
         self.source = source
         self.notifier.ready(self.status())
         log.info("serving %s on %s (%s, %s); state in %s", self.engine.variant, self.opts.port,
@@ -135,11 +109,10 @@ class Daemon:
         try:
             while self._stop is None:
                 events = source.get_many(BATCH, timeout=0.2)
-                if events:
-                    out.write_lines([line for event in events if (line := self.handle(event, source))])
                 if self._reopen:
                     self._reopen = False
                     out.reopen()
+                out.write_lines([line for event in events if (line := self.handle(event, source))])
                 self._checkpoint_if_changed()
                 self.notifier.watchdog_due()
                 if time.monotonic() >= next_status:
@@ -188,6 +161,9 @@ class Daemon:
         counters = getattr(getattr(self, "source", None), "counters", None)
         parts = {**self.counters, "checkpoints": self.store.checkpoints,
                  "checkpoint_failures": self.store.failures}
+        output = getattr(self, "output", None)
+        if output is not None:
+            parts |= {"output_errors": output.errors, "output_lost": output.lost}
         if counters is not None:
             snap = counters.snapshot()
             parts |= {f"link_{k}": v for k, v in snap.items() if isinstance(v, int)}

@@ -19,7 +19,8 @@ def serve(opts: ServeOptions) -> int:
     """Load the model and state, open the port, serve until SIGTERM/SIGINT; the exit code."""
     daemon = Daemon(opts)
     daemon.install_signals()
-    # a short write timeout: a board that never reads its replies must not stall the loop
+    # replies go through the link's bounded queue; a short write timeout keeps its writer
+    # thread moving past a board that never reads them
     link = Link.open(opts.port, opts.protocol, opts.baud,
                      feature_names=daemon.contract.input.feature_names, write_timeout=0.05)
     return daemon.run(link)

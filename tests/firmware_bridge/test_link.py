@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 from firmware_bridge import cobs
 from firmware_bridge.event_queue import EventQueue
 from firmware_bridge.link import CobsFrameProtocol, Link, LinkCounters, TextLineProtocol, _Delivery
-from firmware_bridge.reconnect import Backoff, RateLimitedLog
+from firmware_bridge.reconnect import Backoff
 from firmware_bridge.text import MAX_LINE, TextParser
 from runtime.errors import PortError
 from runtime.events import Reset, Sample
+from runtime.ratelimit import RateLimitedLog
 
 NAMES = ("ax", "ay", "az")
 FAST = Backoff(0.02, 0.1)

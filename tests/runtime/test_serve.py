@@ -55,10 +55,10 @@ class Port:
 class Serve:
     """The daemon process; stdout JSON lines and stderr log lines are collected."""
 
-    def __init__(self, artifacts: Path, port: Path, state: Path, *extra: str):
+    def __init__(self, artifacts: Path, port: Path, state: Path, *extra: str, **popen):
         cmd = [sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts), "--port", str(port),
                "--state-dir", str(state), "--checkpoint-interval", "0.2", "--status-interval", "0.5", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
         self.records: list[dict] = []
         self.log: list[str] = []
         self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.records, json.loads)),
