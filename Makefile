@@ -58,6 +58,8 @@ tools:
 	@command -v systemd-analyze > /dev/null || (apt-get update -q && apt-get install -y -q systemd)
 	@command -v logrotate > /dev/null || (apt-get update -q && apt-get install -y -q logrotate)
 	@command -v strace > /dev/null || (apt-get update -q && apt-get install -y -q strace)
+	@command -v mosquitto > /dev/null || test -x /usr/sbin/mosquitto || \
+		(apt-get update -q && apt-get install -y -q mosquitto)
 
 test: tools $(VENV)/.installed $(DEVICE_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
 	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests
