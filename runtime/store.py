@@ -89,8 +89,7 @@ class StateStore:
             snapshot = self._load(name)
             if snapshot is not None:
                 self.restored_from = self.state_dir / name
-                log.info("restored state from %s: %d samples seen, steps %s",
-                         self.restored_from, snapshot.samples_seen, snapshot.steps.tolist())
+                log.info("restored state from %s: %s", self.restored_from, self._summary(snapshot))
                 return snapshot
         log.info("no valid checkpoint for this model in %s: starting from fresh state",
                  self.state_dir)
@@ -106,12 +105,22 @@ class StateStore:
             log.error("cannot read checkpoint %s: %s; not using it", path, e)
             return None
         try:
-            ckpt = parse_checkpoint(data)
-            check_matches(ckpt, self.model_sha256, self.states, self.lanes)
+            return self._decode(data)
         except CheckpointError as e:
             self._reject(name, e)
             return None
+
+    # the file format: one engine's lanes (version 1); runtime.stream_store overrides these
+    def _decode(self, data: bytes) -> StateSnapshot:
+        ckpt = parse_checkpoint(data)
+        check_matches(ckpt, self.model_sha256, self.states, self.lanes)
         return ckpt.snapshot()
+
+    def _encode(self, snapshot) -> bytes:
+        return encode_checkpoint(snapshot, self.model_sha256, self.states)
+
+    def _summary(self, snapshot) -> str:
+        return f"{snapshot.samples_seen} samples seen, steps {snapshot.steps.tolist()}"
 
     def _reject(self, name: str, error: CheckpointError) -> None:
         path = self.state_dir / name
@@ -158,7 +167,7 @@ class StateStore:
         if not snapshot.timestamp:
             snapshot = dataclasses.replace(snapshot, timestamp=self._wall())
         try:
-            data = encode_checkpoint(snapshot, self.model_sha256, self.states)
+            data = self._encode(snapshot)
         except StateCorruptError as e:
             return self._failed(f"snapshot not persisted: {e}")
         try:
