@@ -153,6 +153,7 @@ class MultiDaemon:
                     lines = self.handle(events, source)
                     if out is not None and lines:
                         out.write("".join(lines))
+                        out.flush()
                 now = time.monotonic()
                 if now >= next_idle:
                     next_idle = now + IDLE_CHECK
