@@ -67,6 +67,7 @@ class LocalBroker:
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence false\n"
+            "set_tcp_nodelay true\n"
             f"max_queued_messages {self.max_queued}\n"
             "max_inflight_messages 0\n"
             "log_dest stderr\n"

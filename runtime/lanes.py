@@ -180,38 +180,51 @@ class LaneManager:
 
     def _round(self, pending: dict[str, collections.deque]) -> list[StreamResult]:
         busy: set[int] = set()
-        taken: list[tuple[str, int, np.ndarray, float]] = []
+        streams, lanes, rows, times = [], [], [], []
+        lane_of = self.lane_of
         for stream in list(pending):
-            lane = self._lane_for(stream, busy)
+            lane = lane_of.get(stream)
             if lane is None:
-                break  # every lane is in this round: the rest waits for the next one
+                lane = self._lane_for(stream, busy)
+                if lane is None:
+                    break  # every lane is in this round: the rest waits for the next one
             busy.add(lane)
-            values, t = pending[stream].popleft()
-            if not pending[stream]:
+            queue = pending[stream]
+            values, t = queue.popleft()
+            if not queue:
                 del pending[stream]
-            taken.append((stream, lane, values, t))
+            streams.append(stream)
+            lanes.append(lane)
+            rows.append(values)
+            times.append(t)
         eng = self.engine  # after any growth
         X = np.zeros((eng.lanes, eng.features), np.float32)
         mask = np.zeros(eng.lanes, bool)
-        times = np.zeros(eng.lanes)
-        for stream, lane, values, t in taken:
-            X[lane] = values
-            mask[lane] = True
-            times[lane] = t
-        preds = eng.step_lanes(X, mask, t=times)
+        tv = np.zeros(eng.lanes)
+        X[lanes] = rows
+        mask[lanes] = True
+        tv[lanes] = times
+        preds = eng.step_lanes(X, mask, t=tv)
         self.invokes += 1
+        return self._results(streams, lanes, times, preds)
+
+    def _results(self, streams, lanes, times, preds) -> list[StreamResult]:
+        now = self.clock()
+        rejected, faults = preds.rejected[lanes].tolist(), preds.faults[lanes].tolist()
+        seqs, steps, ys = preds.seq[lanes].tolist(), preds.steps[lanes].tolist(), preds.y[lanes]
+        samples, last_seen = self.samples, self.last_seen
         out = []
-        for stream, lane, _, t in taken:
-            self.last_seen[stream] = self.clock()
-            if preds.rejected[lane]:
+        for k, stream in enumerate(streams):
+            last_seen[stream] = now
+            if rejected[k]:
                 self.counters["rejected_non_finite"] += 1
-                out.append(StreamResult(stream, -1, int(preds.seq[lane]), int(preds.steps[lane]),
-                                        None, t, rejected=True))
+                out.append(StreamResult(stream, -1, seqs[k], steps[k], None, times[k],
+                                        rejected=True))
                 continue
-            i = self.samples[stream]
-            self.samples[stream] = i + 1
-            out.append(StreamResult(stream, i, int(preds.seq[lane]), int(preds.steps[lane]),
-                                    preds.y[lane], t, fault=bool(preds.faults[lane])))
+            i = samples[stream]
+            samples[stream] = i + 1
+            out.append(StreamResult(stream, i, seqs[k], steps[k], ys[k], times[k],
+                                    fault=faults[k]))
         return out
 
     # -- persistence ---------------------------------------------------------------
