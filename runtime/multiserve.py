@@ -15,6 +15,7 @@ import collections
 import json
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 8192  # events taken from the source per turn of the loop
 IDLE_CHECK = 1.0  # seconds between looks for idle streams
+SWITCH_INTERVAL = 0.0005  # seconds, the interpreter's thread switch interval while serving
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,9 @@ class MultiDaemon:
 
     # -- the loop --------------------------------------------------------------------
     def run(self, source) -> int:
+        # the source's network thread and this loop hand the GIL to each other for every
+        # burst of messages: switch often, or a burst waits out the 5 ms default per turn
+        sys.setswitchinterval(SWITCH_INTERVAL)
         out = open(self.opts.output, "a", buffering=1 << 16) if self.opts.output else None
         self.notifier.ready(self.status(source))
         log.info("serving up to %d streams (shard %s, reset %s); state in %s",
