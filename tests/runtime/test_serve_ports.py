@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -22,9 +23,14 @@ def test_two_ports_two_streams_each_equal_to_its_own_run(tiny_artifacts, tmp_pat
            "--port", str(ports[0].path), "--port", str(ports[1].path), "--reset", "never",
            "--state-dir", str(tmp_path / "state"), "--output", str(out)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
+    reader.start()
     rng = np.random.default_rng(3)
     data = [rng.normal(size=(9, 3)).astype(np.float32) for _ in ports]
-    time.sleep(1.0)  # both ports open (the first line after opening is discarded)
+    deadline = time.monotonic() + TIMEOUT
+    while not any("serving up to" in x for x in log) and time.monotonic() < deadline:
+        time.sleep(0.05)  # both ports open (the first line after opening is discarded)
     for port in ports:
         port.send(b"# hello\n")
     for k in range(9):
@@ -36,7 +42,9 @@ def test_two_ports_two_streams_each_equal_to_its_own_run(tiny_artifacts, tmp_pat
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(TIMEOUT) == 0, proc.stderr.read()
+    assert proc.wait(TIMEOUT) == 0
+    reader.join(5)
+    assert "shutdown checkpoint written" in "".join(log)
     records = [json.loads(x) for x in out.read_text().splitlines()]
     for port, xs in zip(ports, data):
         mine = [r for r in records if r["stream"] == str(port.path)]
