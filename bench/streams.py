@@ -113,31 +113,36 @@ def start_daemon(python: str, artifacts: Path, url: str, streams: int, work: Pat
     raise RuntimeError(f"daemon did not start:\n{(work / 'daemon.log').read_text()[-2000:]}")
 
 
-def publish_ticks(client, pool: np.ndarray, streams: int, rate: float, seconds: float) -> list[float]:
-    """Every stream's next sample once per tick, at ``rate`` ticks/s; the send times."""
+def publish_ticks(client, pool: np.ndarray, streams: int, rate: float, seconds: float,
+                  slots: int = 20) -> np.ndarray:
+    """Every stream's next sample once per tick, at ``rate`` ticks/s; the send times
+    ``[streams, ticks]``. Independent sensors are not phase-locked: stream ``k`` sends at
+    phase ``(k % slots) / slots`` of the period, so a tick goes out in ``slots`` bursts
+    (``slots=1``: every stream at the same instant, the worst case)."""
     from bench.mqtt_load import _string, _varint
 
     lines = [",".join(repr(float(v)) for v in row).encode() for row in pool]
     topics = [_string(f"{PREFIX}/s{k}/sample") for k in range(streams)]
-    offsets = [k * 37 for k in range(streams)]
+    groups = [list(range(g, streams, slots)) for g in range(min(slots, streams))]
     ticks = int(rate * seconds)
-    sent: list[float] = []
+    sent = np.zeros((streams, ticks))
     t0 = time.monotonic() + 0.2
     for j in range(ticks):
-        due = t0 + j / rate
-        now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)
-        packet = b"".join(b"\x30" + _varint(len(tp) + len(pl)) + tp + pl
-                          for tp, pl in ((topics[k], lines[(offsets[k] + j) % len(lines)])
-                                         for k in range(streams)))
-        sent.append(time.monotonic())
-        client.sock.sendall(packet)
+        for g, members in enumerate(groups):
+            due = t0 + (j + g / len(groups)) / rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            packet = b"".join(b"\x30" + _varint(len(topics[k]) + len(pl)) + topics[k] + pl
+                              for k, pl in ((k, lines[(k * 37 + j) % len(lines)])
+                                            for k in members))
+            sent[members, j] = time.monotonic()
+            client.sock.sendall(packet)
     return sent
 
 
 def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: float,
-             warmup: float) -> dict:
+             warmup: float, slots: int = 20) -> dict:
     from bench.mqtt_load import Collector, RawClient
     from firmware_bridge.broker import LocalBroker
 
@@ -151,9 +156,9 @@ def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: f
             cpu0 = {"broker": cpu_seconds(broker.pid), "daemon": cpu_seconds(daemon.pid),
                     "bench": time.process_time()}
             w0 = time.monotonic()
-            sent = publish_ticks(sender, pool, streams, rate, seconds)
+            sent = publish_ticks(sender, pool, streams, rate, seconds, slots)
             wall_send = time.monotonic() - w0
-            expected = len(sent) * streams
+            expected = sent.size
             deadline, last = time.monotonic() + 30, -1
             while len(collector.records) < expected and time.monotonic() < deadline:
                 if len(collector.records) == last:
@@ -171,8 +176,11 @@ def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: f
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
-    return summarize(artifacts, pool, streams, rate, sent, collector.records, warmup,
-                     {k: cpu1[k] - cpu0[k] for k in cpu0}, wall, wall_send, scraped, rss)
+    out = summarize(artifacts, pool, streams, rate, sent, collector.records, warmup,
+                    {k: cpu1[k] - cpu0[k] for k in cpu0}, wall, wall_send, scraped, rss)
+    out["phases"] = slots
+    out["load_average"] = os.getloadavg()[0]
+    return out
 
 
 def summarize(artifacts, pool, streams, rate, sent, records, warmup, cpu, wall, wall_send,
@@ -180,13 +188,13 @@ def summarize(artifacts, pool, streams, rate, sent, records, warmup, cpu, wall, 
     from runtime.engine import Engine
     from runtime.replay import iter_replay
 
-    ticks = len(sent)
+    ticks = sent.shape[1]
     got = np.full((streams, ticks), np.nan)
     ys: dict[int, dict[int, list]] = {}
     for topic, payload, t in records:
         k = int(topic.split(b"/")[1][1:])
         rec = json.loads(payload)
-        got[k, rec["i"]] = t - sent[rec["i"]]
+        got[k, rec["i"]] = t - sent[k, rec["i"]]
         ys.setdefault(k, {})[rec["i"]] = rec["y"]
     start = int(warmup * rate)
     lat = got[:, start:].ravel()
@@ -227,7 +235,8 @@ def table(engine: dict, runs: list[dict]) -> str:
         p99 = lat["p99"]
         ok = "PASS" if p99 is not None and p99 <= 20 and r["missing"] == 0 else "MISS"
         fmt = "/".join("-" if lat[q] is None else f"{lat[q]:.1f}" for q in ("p50", "p99", "max"))
-        out.append(f"| {r['streams']} x {r['rate_hz']:g}/s for {r['seconds']:g} s | {r['sent']:,} "
+        out.append(f"| {r['streams']} x {r['rate_hz']:g}/s for {r['seconds']:g} s "
+                   f"({r['phases']} phases, load avg {r['load_average']:.1f}) | {r['sent']:,} "
                    f"| {r['predictions']:,} ({r['missing']:,} missing) | {fmt} | {ok} "
                    f"| {r['max_abs_dy_vs_replay']:.1e} | {r['daemon_cores']:.2f} "
                    f"| {r['cpu_s']['broker']:.1f} s ({100 * r['broker_cpu_share_of_machine']:.1f} %) |")
@@ -252,7 +261,8 @@ def run_all(a) -> int:
                                        text=True).stdout)
     runs = []
     for rate in a.rates:
-        r = load_run(a.artifacts, a.device_python, a.streams, rate, a.seconds, a.warmup)
+        r = load_run(a.artifacts, a.device_python, a.streams, rate, a.seconds, a.warmup,
+                     a.phases)
         print(json.dumps(r), file=sys.stderr)
         runs.append(r)
     print(table(engine, runs))
@@ -269,6 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--phases", type=int, default=20,
+                   help="send phases per period (1: every stream at the same instant)")
     p.add_argument("--rates", type=lambda t: [float(v) for v in t.split(",")], default=[50.0],
                    help="all: the per-stream rates to run, comma-separated")
     a = p.parse_args(argv)
@@ -278,7 +290,8 @@ def main(argv=None) -> int:
     if a.mode == "engine":
         out = engine_cost(a.artifacts, a.streams, a.steps)
     else:
-        out = load_run(a.artifacts, a.device_python, a.streams, a.rate, a.seconds, a.warmup)
+        out = load_run(a.artifacts, a.device_python, a.streams, a.rate, a.seconds, a.warmup,
+                       a.phases)
     print(json.dumps(out))
     return 0
 

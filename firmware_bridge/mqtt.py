@@ -131,7 +131,9 @@ class MqttSource:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=client_id or f"stepwise-{uuid.uuid4().hex[:12]}",
                                   protocol=mqtt.MQTTv311, clean_session=True)
-        self.client.max_inflight_messages_set(1000)
+        # no in-flight cap: paho scans its whole in-flight list on every PUBACK once a cap
+        # is reached; memory stays bounded by max_queued_publishes
+        self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(max_queued_publishes)
         self.client.reconnect_delay_set(min_delay=0.05, max_delay=2)
         self.client.on_connect = self._on_connect
