@@ -95,7 +95,7 @@ def rss_mb(pid: int) -> float:
 
 def start_daemon(python: str, artifacts: Path, url: str, streams: int, work: Path):
     err = open(work / "daemon.log", "w")
-    cmd = [python, "-m", "runtime", "serve", "--artifacts", str(artifacts), "--mqtt",
+    cmd = [python, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts), "--mqtt",
            f"{url}/{PREFIX}", "--reset", "never", "--max-streams", str(streams),
            "--stream-idle", "3600", "--state-dir", str(work / "state"),
            "--checkpoint-interval", "30", "--metrics", "127.0.0.1:0"]

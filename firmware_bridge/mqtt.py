@@ -29,8 +29,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from firmware_bridge.events import EventQueue
-from firmware_bridge.text import MAX_LINE, Reset, Sample, TextParser
+from firmware_bridge.event_queue import EventQueue
+from firmware_bridge.text import MAX_LINE, TextParser
+from runtime.events import Reset, Sample
 from runtime.errors import ConfigError, FrameError, PortError
 
 log = logging.getLogger(__name__)

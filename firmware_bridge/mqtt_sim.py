@@ -83,7 +83,7 @@ def demo(artifacts: Path, streams: int, rate: float, seconds: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="stepwise-streams-demo-"))
     with LocalBroker() as broker:
         url = f"{broker.url}/demo"
-        serve = subprocess.Popen([sys.executable, "-m", "runtime", "serve", "--artifacts",
+        serve = subprocess.Popen([sys.executable, "-m", "stepwise_cli", "serve", "--artifacts",
                                   str(artifacts), "--mqtt", url, "--reset", "never",
                                   "--max-streams", str(max(streams, 1)), "--stream-idle", "10",
                                   "--state-dir", str(work / "state"), "--status-interval", "10",

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Optional, Sequence
 
-from firmware_bridge.events import EventQueue
+from firmware_bridge.event_queue import EventQueue
 from firmware_bridge.link import Link
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """``stepwise serve`` for many streams: one engine, one lane per active stream.
 
 The source is injected: any object with ``get_many(limit, timeout)`` returning
-``(stream id, event)`` pairs (an event with ``values`` ``[F]`` is a sample, any other a
-reset), ``publish(stream, line)`` for the prediction, ``status()`` and ``close()``
+``(stream id, event)`` pairs (``runtime.events.Sample``, or any other event: a reset),
+``publish(stream, line)`` for the prediction, ``status()`` and ``close()``
 (``firmware_bridge.mqtt.MqttSource``, ``firmware_bridge.multiport.PortsSource``). One
 loop in the main thread: take what is waiting, step every pending stream together
 (``runtime.lanes``), publish each prediction (and write it to ``--output`` if given),
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.engine import Engine
+from runtime.events import Sample
 from runtime.lanes import LaneManager, StreamResult
-from runtime.replay import record_line
+from runtime.records import record_line
 from runtime.shard import ShardSpec, shard_dir
 from runtime.stream_format import StreamsSnapshot
 from runtime.stream_store import StreamStore
@@ -186,8 +187,7 @@ class MultiDaemon:
         samples = []
         wall_minus_mono = time.time() - time.monotonic()
         for stream, event in events:
-            values = getattr(event, "values", None)
-            if values is None:  # a reset: the samples before it are stepped first
+            if type(event) is not Sample:  # a reset: the samples before it are stepped first
                 lines += self._step(samples, source)
                 samples = []
                 self.lanes.reset(stream, "device")
@@ -195,8 +195,9 @@ class MultiDaemon:
                 if self.metrics is not None:
                     self.metrics.resets.inc()
                 continue
-            received = getattr(event, "received", 0.0)
-            samples.append((stream, values, received + wall_minus_mono if received else time.time()))
+            received = event.received
+            samples.append((stream, event.values,
+                            received + wall_minus_mono if received else time.time()))
         lines += self._step(samples, source)
         return lines
 

@@ -10,7 +10,7 @@ import pytest
 paho = pytest.importorskip("paho.mqtt.client")
 
 from firmware_bridge.mqtt import MqttSource, parse_mqtt_url, valid_stream_id  # noqa: E402
-from firmware_bridge.text import Reset, Sample  # noqa: E402
+from runtime.events import Reset, Sample  # noqa: E402
 from runtime.errors import ConfigError, PortError  # noqa: E402
 
 NAMES = ("ax", "ay", "az")

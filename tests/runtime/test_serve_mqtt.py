@@ -71,7 +71,7 @@ class Sensors:
 
 class Daemon:
     def __init__(self, artifacts, broker, state: Path, *extra: str, prefix="t"):
-        cmd = [sys.executable, "-m", "runtime", "serve", "--artifacts", str(artifacts),
+        cmd = [sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts),
                "--mqtt", f"{broker.url}/{prefix}", "--state-dir", str(state), "--reset", RESET,
                "--checkpoint-interval", "0.3", "--status-interval", "0.5", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -19,7 +19,7 @@ TIMEOUT = 30.0
 def test_two_ports_two_streams_each_equal_to_its_own_run(tiny_artifacts, tmp_path):
     ports = [Port(tmp_path / "ttyA"), Port(tmp_path / "ttyB")]
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "runtime", "serve", "--artifacts", str(tiny_artifacts),
+    cmd = [sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(tiny_artifacts),
            "--port", str(ports[0].path), "--port", str(ports[1].path), "--reset", "never",
            "--state-dir", str(tmp_path / "state"), "--output", str(out)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)

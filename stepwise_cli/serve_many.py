@@ -1,8 +1,10 @@
-"""The many-stream daemon put together: options -> source, metrics, ``MultiDaemon``.
+"""``stepwise serve`` for many streams: options -> source, metrics, ``MultiDaemon``.
 
 ``serve_many`` is what ``stepwise serve`` runs with ``--mqtt``, several ``--port``s,
-``--metrics`` or ``--shard``: it builds the injected source (MQTT or serial ports), the
-Prometheus endpoint and the daemon, and runs the daemon until SIGTERM/SIGINT.
+``--metrics`` or ``--shard``: the composition of the many-stream daemon
+(``runtime.multiserve``) with its injected source (``firmware_bridge.mqtt`` or
+``firmware_bridge.multiport``) and the Prometheus endpoint (``runtime.metrics``); it
+runs until SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
