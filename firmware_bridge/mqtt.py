@@ -138,6 +138,7 @@ class MqttSource:
         self.client.max_queued_messages_set(max_queued_publishes)
         self.client.reconnect_delay_set(min_delay=0.05, max_delay=2)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self._keepalive = keepalive
@@ -165,7 +166,12 @@ class MqttSource:
             return
         client.subscribe(self._sub, qos=1)
         self.counters["connects"] += 1
-        self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("MQTT broker refused the subscription to %s: %s", self._sub, reason_codes)
+            return
+        self.connected.set()  # connected means subscribed: nothing published after is missed
         log.info("MQTT connected to %s:%d, subscribed to %s", self.address.host,
                  self.address.port, self._sub)
 
