@@ -36,6 +36,7 @@ from runtime.atomic import TEMP_SUFFIX, FileSystem, atomic_write_bytes, ensure_d
 from runtime.contract import StateSpec
 from runtime.errors import ConfigError, StateCorruptError
 from runtime.snapshot import StateSnapshot
+from runtime.stream_format import STREAMS_VERSION, describe_streams, file_version
 from runtime.store_format import (
     CheckpointError, check_matches, describe_checkpoint, encode_checkpoint, parse_checkpoint,
     sha256_bytes,
@@ -274,8 +275,11 @@ def describe_state_dir(state_dir: str | os.PathLike, *, models: Mapping[str, str
                 data = fs.read_bytes(state_dir / name)
             except OSError as e:
                 data = e
-            entry = {"file": str(state_dir / name),
-                     **describe_checkpoint(data, models, states, lanes, now)}
+            if not isinstance(data, OSError) and file_version(data) == STREAMS_VERSION:
+                described = describe_streams(data, models, states, now)
+            else:
+                described = describe_checkpoint(data, models, states, lanes, now)
+            entry = {"file": str(state_dir / name), **described}
             info["files"].append(entry)
             if info["checkpoint"] is None and entry["valid"]:
                 info["checkpoint"] = entry

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -56,6 +57,7 @@ class StreamsSnapshot:
     samples_seen: int = 0
     timestamp: float = 0.0
     extra: dict[str, int] = field(default_factory=dict)
+    model_sha256: str = ""  # as read from a file
 
 
 def file_version(data: bytes) -> int | None:
@@ -108,8 +110,10 @@ def _name(text: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-def decode_streams(data: bytes, model_sha256: str, states: Sequence[StateSpec]) -> StreamsSnapshot:
-    """Integrity checks, layout checks against ``states``, then the snapshot."""
+def decode_streams(data: bytes, model_sha256: str | None,
+                   states: Sequence[StateSpec] | None) -> StreamsSnapshot:
+    """Integrity checks, model and layout checks against ``model_sha256`` and ``states``
+    (None: not checked, for inspection), then the snapshot."""
     n = len(data)
     if n < FIXED2.size or data[:8] != MAGIC:
         raise CheckpointError(BAD_MAGIC if data[:8] != MAGIC[:min(n, 8)] else TRUNCATED,
@@ -127,12 +131,13 @@ def decode_streams(data: bytes, model_sha256: str, states: Sequence[StateSpec]) 
     actual = zlib.crc32(data[CRC2_OFFSET + 4:], zlib.crc32(data[:CRC2_OFFSET]))
     if actual != crc:
         raise CheckpointError(CRC_MISMATCH, f"stored CRC32 {crc:#010x}, computed {actual:#010x}")
-    if sha.hex() != model_sha256.lower():
+    if model_sha256 is not None and sha.hex() != model_sha256.lower():
         raise CheckpointError(OTHER_MODEL, f"checkpoint is for model {sha.hex()[:12]}..., "
                                            f"this model is {model_sha256.lower()[:12]}...")
     cur = _Cursor(data, FIXED2.size, header_len)
     layout = [(cur.name(), cur.shape()) for _ in range(n_states)]
-    _check_layout(layout, states)
+    if states is not None:
+        _check_layout(layout, states)
     rows = [(cur.name(), STREAM_ROW.unpack(cur.take(STREAM_ROW.size))) for _ in range(n_streams)]
     if cur.pos != header_len or len({sid for sid, _ in rows}) != n_streams:
         raise CheckpointError(MALFORMED, "header layout is inconsistent or repeats a stream id")
@@ -151,7 +156,34 @@ def decode_streams(data: bytes, model_sha256: str, states: Sequence[StateSpec]) 
     for k, (sid, (nsamp, steps, seq, last_t)) in enumerate(rows):
         streams[sid] = StreamState({name: arrays[name][k].copy() for name, _ in layout},
                                    steps=steps, seq=seq, samples=nsamp, last_t=last_t)
-    return StreamsSnapshot(streams, samples_seen=samples, timestamp=ts)
+    return StreamsSnapshot(streams, samples_seen=samples, timestamp=ts,
+                           model_sha256=sha.hex())
+
+
+def describe_streams(data: bytes, models=None, states=None, now: float | None = None) -> dict:
+    """``stepwise state show``'s entry for a many-stream checkpoint: counters, age, the
+    stream ids (the first 20), and with ``models`` (label -> sha256) whether it matches."""
+    entry: dict = {"bytes": len(data), "format_version": STREAMS_VERSION}
+    try:
+        snap = decode_streams(data, None, None)
+    except CheckpointError as e:
+        return {**entry, "valid": False, "reason": e.reason, "error": str(e)}
+    sha = snap.model_sha256
+    now = time.time() if now is None else now
+    ids = list(snap.streams)
+    entry.update(valid=True, model_sha256=sha, samples_seen=snap.samples_seen,
+                 timestamp=snap.timestamp, age_seconds=now - snap.timestamp,
+                 streams=len(ids), stream_ids=ids[:20])
+    if models:
+        label = next((k for k, v in models.items() if v.lower() == sha), None)
+        detail = f"matches {label}" if label else f"checkpoint is for model {sha[:12]}..."
+        if label and states is not None:
+            try:
+                decode_streams(data, sha, states)
+            except CheckpointError as e:
+                label, detail = None, str(e)
+        entry["match"] = {"matches": label is not None, "model": label, "detail": detail}
+    return entry
 
 
 def _check_layout(layout, states: Sequence[StateSpec]) -> None:

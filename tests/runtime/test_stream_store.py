@@ -115,3 +115,21 @@ def test_every_power_cut_leaves_the_old_or_the_new_set_of_streams(tmp_path, monk
     assert violations == []
     assert seen["images"] == seen["restored OLD"] + seen["restored NEW"] > 40, seen
     assert min(seen["restored NEW"], seen["with a temp file"], seen["without state.ckpt"]) > 0
+
+
+def test_state_show_describes_a_many_stream_checkpoint(tmp_path):
+    from runtime.state_report import format_report
+    from runtime.store import describe_state_dir
+
+    snap = streams(6, 30)
+    StreamStore(tmp_path, SHA, SPECS).checkpoint(snap)
+    info = describe_state_dir(tmp_path, models={"variant float32": SHA}, states=SPECS)
+    c = info["checkpoint"]
+    assert (c["valid"], c["streams"], c["samples_seen"], c["format_version"]) == (True, 30, 6000, 2)
+    assert c["stream_ids"] == list(snap.streams)[:20] and c["match"]["matches"]
+    other = describe_state_dir(tmp_path, models={"variant float32": OTHER}, states=SPECS)
+    assert not other["checkpoint"]["match"]["matches"]
+    info["manifest"] = "artifacts/manifest.json"
+    text = "\n".join(format_report(info))
+    assert "streams:         30: z.0:ü, sensor-6-1, sensor-6-2" in text and ", ..." in text
+    assert "yes, variant float32" in text
