@@ -228,8 +228,8 @@ def summarize(artifacts, pool, streams, rate, sent, records, warmup, cpu, wall, 
 def table(engine: dict, runs: list[dict]) -> str:
     """The README table: one row per load run, then the engine rows."""
     out = ["| streams x rate | sent | predictions | p50 / p99 / max latency (ms) | bar p99 <= 20 ms "
-           "| max abs dy vs replay | daemon cores | broker CPU (share of machine) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| max abs dy vs replay | daemon cores | daemon CPU per prediction | broker CPU (share of machine) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lat = r["latency_ms"]
         p99 = lat["p99"]
@@ -239,6 +239,7 @@ def table(engine: dict, runs: list[dict]) -> str:
                    f"({r['phases']} phases, load avg {r['load_average']:.1f}) | {r['sent']:,} "
                    f"| {r['predictions']:,} ({r['missing']:,} missing) | {fmt} | {ok} "
                    f"| {r['max_abs_dy_vs_replay']:.1e} | {r['daemon_cores']:.2f} "
+                   f"| {1e6 * r['cpu_s']['daemon'] / max(1, r['predictions']):.0f} us "
                    f"| {r['cpu_s']['broker']:.1f} s ({100 * r['broker_cpu_share_of_machine']:.1f} %) |")
     e = engine
     ok = "PASS" if e["per_stream_us"] <= 1.0 else "MISS"
