@@ -38,7 +38,7 @@ from runtime.contract import StateSpec
 from runtime.errors import StateCorruptError
 from runtime.store_format import (
     BAD_MAGIC, CRC_MISMATCH, MAGIC, MALFORMED, NON_FINITE, OTHER_MODEL, OVERSIZED, TRUNCATED,
-    UNSUPPORTED_VERSION, WRONG_SHAPE, WRONG_STATES, CheckpointError, sha256_bytes,
+    UNSUPPORTED_VERSION, WRONG_SHAPE, WRONG_STATES, CheckpointError, _Reader, sha256_bytes,
 )
 from runtime.stream_state import StreamState
 
@@ -134,8 +134,8 @@ def decode_streams(data: bytes, model_sha256: str | None,
     if model_sha256 is not None and sha.hex() != model_sha256.lower():
         raise CheckpointError(OTHER_MODEL, f"checkpoint is for model {sha.hex()[:12]}..., "
                                            f"this model is {model_sha256.lower()[:12]}...")
-    cur = _Cursor(data, FIXED2.size, header_len)
-    layout = [(cur.name(), cur.shape()) for _ in range(n_states)]
+    cur = _Reader(data, FIXED2.size, header_len)  # the version-1 header reader
+    layout = [cur.state_entry() for _ in range(n_states)]
     if states is not None:
         _check_layout(layout, states)
     rows = [(cur.name(), STREAM_ROW.unpack(cur.take(STREAM_ROW.size))) for _ in range(n_streams)]
@@ -194,27 +194,3 @@ def _check_layout(layout, states: Sequence[StateSpec]) -> None:
         if tuple(shape) != tuple(spec.shape):
             raise CheckpointError(WRONG_SHAPE, f"state {name!r} is {list(shape)} in the "
                                                f"checkpoint, {list(spec.shape)} in the model")
-
-
-class _Cursor:
-    """Bounded cursor over the variable part of the header."""
-
-    def __init__(self, data: bytes, pos: int, end: int):
-        self.data, self.pos, self.end = data, pos, end
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > self.end:
-            raise CheckpointError(MALFORMED, "tables run past the header length")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def name(self) -> str:
-        try:
-            return self.take(self.take(1)[0]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise CheckpointError(MALFORMED, "a name in the header is not UTF-8") from None
-
-    def shape(self) -> tuple[int, ...]:
-        ndim = self.take(1)[0]
-        return struct.unpack(f"<{ndim}I", self.take(4 * ndim))
