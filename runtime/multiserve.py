@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.daemon import Output
 from runtime.engine import Engine
 from runtime.events import Sample
 from runtime.lanes import LaneManager, StreamResult
@@ -47,7 +48,8 @@ class MultiServeOptions:
     max_streams: int = 1024
     stream_idle: float = 300.0
     shard: ShardSpec = ShardSpec((0,), 1)
-    output: Path | None = None  # JSON lines of every stream; None: only published
+    output: Path | None = None  # JSON lines of every stream (reopened on SIGHUP)
+    stdout: bool = False  # without ``output``: the JSON lines to stdout (else only published)
     status_interval: float = 60.0
     legacy_stream: str | None = None  # the stream a single-stream checkpoint becomes
 
@@ -75,6 +77,7 @@ class MultiDaemon:
                        for i in opts.shard.owned}
         self.counters: collections.Counter[str] = collections.Counter()
         self._stop = False
+        self._reopen = False
         self._synced: dict[str, int] = {}  # source reject counts already in the metrics
         self._restore()
         self._saved_mark = self._mark()
@@ -137,16 +140,20 @@ class MultiDaemon:
         self._stop = True
         log.info("%s received: finishing the current batch", signal.Signals(signum).name)
 
+    def _on_hup(self, signum, frame) -> None:
+        self._reopen = True
+
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
 
     # -- the loop --------------------------------------------------------------------
     def run(self, source) -> int:
         # the source's network thread and this loop hand the GIL to each other for every
         # burst of messages: switch often, or a burst waits out the 5 ms default per turn
         sys.setswitchinterval(SWITCH_INTERVAL)
-        out = open(self.opts.output, "a", buffering=1 << 16) if self.opts.output else None
+        out = Output(self.opts.output) if self.opts.output or self.opts.stdout else None
         self.notifier.ready(self.status(source))
         log.info("serving up to %d streams (shard %s, reset %s); state in %s",
                  self.opts.max_streams, self.opts.shard, self.lanes.engine.policy,
@@ -157,9 +164,11 @@ class MultiDaemon:
                 events = source.get_many(BATCH, timeout=0.05)
                 if events:
                     lines = self.handle(events, source)
-                    if out is not None and lines:
-                        out.write("".join(lines))
-                        out.flush()
+                    if out is not None:
+                        out.write_lines(lines)
+                if self._reopen and out is not None:
+                    self._reopen = False
+                    out.reopen()
                 now = time.monotonic()
                 if now >= next_idle:
                     next_idle = now + IDLE_CHECK

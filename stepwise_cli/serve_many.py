@@ -45,6 +45,7 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
                              checkpoint_interval=checkpoint_interval, reset=reset,
                              variant=variant, backend=backend, max_streams=max_streams,
                              stream_idle=stream_idle, shard=spec, output=output,
+                             stdout=output is None and not mqtt,
                              status_interval=status_interval,
                              legacy_stream=ports[0] if len(ports) == 1 else None)
     registry = None

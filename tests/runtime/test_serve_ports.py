@@ -33,19 +33,31 @@ def test_two_ports_two_streams_each_equal_to_its_own_run(tiny_artifacts, tmp_pat
         time.sleep(0.05)  # both ports open (the first line after opening is discarded)
     for port in ports:
         port.send(b"# hello\n")
-    for k in range(9):
-        for port, xs in zip(ports, data):
-            port.send((",".join(repr(float(v)) for v in xs[k]) + "\n").encode())
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if out.exists() and out.read_text().count("\n") >= 18:
-            break
-        time.sleep(0.05)
+    def send(ks):
+        for k in ks:
+            for port, xs in zip(ports, data):
+                port.send((",".join(repr(float(v)) for v in xs[k]) + "\n").encode())
+
+    def wait_lines(path, n):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if path.exists() and path.read_text().count("\n") >= n:
+                return
+            time.sleep(0.05)
+
+    send(range(5))
+    wait_lines(out, 10)
+    rotated = out.rename(tmp_path / "out.jsonl.1")  # logrotate, then SIGHUP: a new file
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    send(range(5, 9))
+    wait_lines(out, 8)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(TIMEOUT) == 0
     reader.join(5)
     assert "shutdown checkpoint written" in "".join(log)
-    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rotated.read_text().count("\n") == 10 and out.read_text().count("\n") == 8
+    records = [json.loads(x) for x in (rotated.read_text() + out.read_text()).splitlines()]
     for port, xs in zip(ports, data):
         mine = [r for r in records if r["stream"] == str(port.path)]
         assert [r["i"] for r in mine] == list(range(9))
