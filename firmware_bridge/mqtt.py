@@ -7,7 +7,8 @@ Topics, under a prefix taken from the URL's path (``mqtt://host:1883/stepwise``;
     PREFIX/<stream>/reset       any payload: start a new sequence on that stream
     PREFIX/<stream>/prediction  published by the daemon: the JSON object serve writes (QoS 1)
 
-``MqttSource`` runs paho-mqtt's network thread: each message is parsed there (one
+``MqttSource`` runs its client's network thread (paho-mqtt or libmosquitto,
+``firmware_bridge.mqtt_clients``): each message is parsed there (one
 ``TextParser`` per stream, so a header line changes only its own stream's columns) and
 the events go into a bounded queue as ``(stream, event)`` pairs, which the daemon loop
 takes with ``get_many``. A bad payload is counted against its stream (``rejected``) and
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from firmware_bridge.event_queue import EventQueue
+from firmware_bridge.mqtt_clients import make_client
 from firmware_bridge.text import MAX_LINE, TextParser
 from runtime.events import Reset, Sample
 from runtime.errors import ConfigError, FrameError, PortError
@@ -113,9 +115,8 @@ class MqttSource:
 
     def __init__(self, url: str, feature_names, *, accept: Callable[[str], bool] | None = None,
                  queue_size: int = 200_000, client_id: str | None = None,
-                 keepalive: int = 15, max_queued_publishes: int = 200_000):
-        import paho.mqtt.client as mqtt
-
+                 keepalive: int = 15, max_queued_publishes: int = 200_000,
+                 client: str = "auto"):
         self.address = parse_mqtt_url(url)
         self.feature_names = tuple(feature_names)
         TextParser(self.feature_names)  # checks the names once
@@ -128,27 +129,17 @@ class MqttSource:
         self._parsers: collections.OrderedDict[str, TextParser] = collections.OrderedDict()
         self._sub = f"{self.address.prefix}/+/+"
         self._skip = len(self.address.prefix) + 1
-        self._mqtt = mqtt
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"stepwise-{uuid.uuid4().hex[:12]}",
-                                  protocol=mqtt.MQTTv311, clean_session=True)
-        # no in-flight cap: paho scans its whole in-flight list on every PUBACK once a cap
-        # is reached; memory stays bounded by max_queued_publishes
-        self.client.max_inflight_messages_set(0)
-        self.client.max_queued_messages_set(max_queued_publishes)
-        self.client.reconnect_delay_set(min_delay=0.05, max_delay=2)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self._keepalive = keepalive
+        self.client = make_client(client, self.address.host, self.address.port, self._sub,
+                                  client_id or f"stepwise-{uuid.uuid4().hex[:12]}", keepalive,
+                                  max_queued_publishes, self._on_message, self._on_ready,
+                                  self._on_lost)
+        self.client_kind = type(self.client).__name__
 
     # -- lifetime ------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "MqttSource":
-        """Connect (retrying in the background) and wait up to ``timeout`` for the first
-        connection; ``PortError`` if the broker cannot be reached by then."""
-        self.client.connect_async(self.address.host, self.address.port, self._keepalive)
-        self.client.loop_start()
+        """Connect (retrying in the background) and wait up to ``timeout`` until the
+        subscription is granted; ``PortError`` if the broker cannot be reached by then."""
+        self.client.start()
         if not self.connected.wait(timeout):
             self.close()
             raise PortError(f"MQTT broker {self.address.host}:{self.address.port} "
@@ -157,39 +148,29 @@ class MqttSource:
 
     def close(self) -> None:
         self._closing = True
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.close()
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("MQTT broker refused the connection: %s", reason_code)
-            return
-        client.subscribe(self._sub, qos=1)
+    def _on_ready(self) -> None:
         self.counters["connects"] += 1
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if any(rc.is_failure for rc in reason_codes):
-            log.error("MQTT broker refused the subscription to %s: %s", self._sub, reason_codes)
-            return
         self.connected.set()  # connected means subscribed: nothing published after is missed
-        log.info("MQTT connected to %s:%d, subscribed to %s", self.address.host,
-                 self.address.port, self._sub)
+        log.info("MQTT connected to %s:%d (%s), subscribed to %s", self.address.host,
+                 self.address.port, self.client_kind, self._sub)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_lost(self, reason: str) -> None:
         self.connected.clear()
         if self._closing:
             return
         self.counters["disconnects"] += 1
         log.warning("MQTT connection to %s:%d lost (%s): reconnecting", self.address.host,
-                    self.address.port, reason_code)
+                    self.address.port, reason)
 
     # -- input ---------------------------------------------------------------------
-    def _on_message(self, client, userdata, msg) -> None:
+    def _on_message(self, topic: str, payload: bytes) -> None:
         try:
-            self._take(msg.topic, msg.payload, time.monotonic())
+            self._take(topic, payload, time.monotonic())
         except Exception:  # a callback error must never stop the network thread
             self.counters["callback_errors"] += 1
-            log.exception("MQTT message on %r could not be handled (skipped)", msg.topic)
+            log.exception("MQTT message on %r could not be handled (skipped)", topic)
 
     def _take(self, topic: str, payload: bytes, received: float) -> None:
         stream, sep, kind = topic[self._skip:].partition("/")
@@ -244,8 +225,9 @@ class MqttSource:
     def publish(self, stream: str, payload: bytes | str) -> bool:
         """Queue one prediction for ``PREFIX/<stream>/prediction`` at QoS 1; False (counted)
         when the client's own queue is full. Never blocks."""
-        info = self.client.publish(self.address.topic(stream, "prediction"), payload, qos=1)
-        if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        if not self.client.publish(self.address.topic(stream, "prediction"), payload):
             self.counters["publish_dropped"] += 1
             return False
         self.counters["published"] += 1

@@ -47,6 +47,9 @@ def serve(opts: ServeOptions) -> int:
 @click.option("--backend", default=None, help="Interpreter package (default: first installed).")
 @click.option("--mqtt", default=None, metavar="URL", help="MQTT broker and topic prefix, "
               "mqtt://HOST[:PORT][/PREFIX]: streams are PREFIX/<stream>/sample (docs/PROTOCOL.md).")
+@click.option("--mqtt-client", default="auto", show_default=True,
+              type=click.Choice(["auto", "paho", "libmosquitto"]),
+              help="MQTT client library (auto: libmosquitto where installed, else paho-mqtt).")
 @click.option("--max-streams", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Most streams holding an engine lane at once (many-stream mode).")
 @click.option("--stream-idle", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
@@ -57,7 +60,8 @@ def serve(opts: ServeOptions) -> int:
 @click.option("--shard", default=None, metavar="I/N", help="Serve only the streams of shard I "
               "of N (rendezvous hashing of the stream id; I may be a list: 0,1/3).")
 def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
-              status_interval, backend, mqtt, max_streams, stream_idle, metrics, shard) -> None:
+              status_interval, backend, mqtt, mqtt_client, max_streams, stream_idle, metrics,
+              shard) -> None:
     """The on-device daemon: samples from a serial port (or many streams) in, one
     prediction per sample out."""
     if not ports and not mqtt:
@@ -70,7 +74,7 @@ def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, 
                             checkpoint_interval=checkpoint_interval, reset=reset,
                             variant=variant, output=output, status_interval=status_interval,
                             backend=backend, max_streams=max_streams, stream_idle=stream_idle,
-                            metrics=metrics, shard=shard))
+                            metrics=metrics, shard=shard, mqtt_client=mqtt_client))
     port = ports[0]
     opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
                         state_dir=state_dir or state_directory(), checkpoint_interval=checkpoint_interval,

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def open_source(mqtt: str | None, ports, feature_names, shard: ShardSpec, *,
-                protocol: str = "text", baud: int = 115200):
+                protocol: str = "text", baud: int = 115200, client: str = "auto"):
     """An ``MqttSource`` (only this shard's streams) or a ``PortsSource``."""
     if mqtt and ports:
         raise ConfigError("--mqtt and --port cannot be combined: use one kind of source")
@@ -27,7 +27,8 @@ def open_source(mqtt: str | None, ports, feature_names, shard: ShardSpec, *,
         from firmware_bridge.mqtt import MqttSource
 
         return MqttSource(mqtt, feature_names,
-                          accept=None if shard.count == 1 else shard.owns).start()
+                          accept=None if shard.count == 1 else shard.owns,
+                          client=client).start()
     from firmware_bridge.multiport import PortsSource
 
     return PortsSource(list(ports), feature_names, protocol=protocol, baudrate=baud)
@@ -38,7 +39,7 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
                reset: str | None = None, variant: str | None = None, output: Path | None = None,
                status_interval: float = 60.0, backend: str | None = None,
                max_streams: int = 1024, stream_idle: float = 300.0, metrics: str | None = None,
-               shard: str | None = None) -> int:
+               shard: str | None = None, mqtt_client: str = "auto") -> int:
     """Run the many-stream daemon; its exit status."""
     spec = ShardSpec.parse(shard) if shard else ShardSpec((0,), 1)
     opts = MultiServeOptions(artifacts=Path(artifacts), state_dir=Path(state_dir),
@@ -57,7 +58,7 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
     try:
         daemon = MultiDaemon(opts, metrics=registry)
         source = open_source(mqtt, ports, daemon.lanes.engine.contract.input.feature_names,
-                             spec, protocol=protocol, baud=baud)
+                             spec, protocol=protocol, baud=baud, client=mqtt_client)
         daemon.install_signals()
         return daemon.run(source)
     finally:

@@ -48,9 +48,18 @@ def take(source: MqttSource, n: int, timeout: float = 5.0) -> list:
     return out
 
 
+@pytest.fixture(params=["paho", "libmosquitto"])
+def kind(request):
+    from firmware_bridge.mqtt_clients import libmosquitto
+
+    if request.param == "libmosquitto" and libmosquitto() is None:
+        pytest.skip("libmosquitto is not installed (it comes with mosquitto: make tools)")
+    return request.param
+
+
 @pytest.fixture
-def source(broker):
-    src = MqttSource(broker.url + "/test", NAMES).start()
+def source(broker, kind):
+    src = MqttSource(broker.url + "/test", NAMES, client=kind).start()
     yield src
     src.close()
 
@@ -133,8 +142,9 @@ def test_reconnects_and_resubscribes_after_broker_restart(broker, source):
     assert source.counters["connects"] == 2 and source.counters["disconnects"] >= 1
 
 
-def test_sharding_filter_drops_foreign_streams(broker):
-    src = MqttSource(broker.url + "/test", NAMES, accept=lambda s: s.startswith("mine")).start()
+def test_sharding_filter_drops_foreign_streams(broker, kind):
+    src = MqttSource(broker.url + "/test", NAMES, accept=lambda s: s.startswith("mine"),
+                     client=kind).start()
     peer = Peer(broker)
     peer.send("test/theirs/sample", b"1,2,3")
     peer.send("test/mine1/sample", b"4,5,6")
@@ -145,8 +155,8 @@ def test_sharding_filter_drops_foreign_streams(broker):
     assert [s for s, _ in events] == ["mine1"] and src.counters["foreign"] == 1
 
 
-def test_unreachable_broker_is_a_port_error():
+def test_unreachable_broker_is_a_port_error(kind):
     from firmware_bridge.broker import free_port
 
     with pytest.raises(PortError, match="not reachable"):
-        MqttSource(f"mqtt://127.0.0.1:{free_port()}", NAMES).start(timeout=0.5)
+        MqttSource(f"mqtt://127.0.0.1:{free_port()}", NAMES, client=kind).start(timeout=0.5)

@@ -187,9 +187,14 @@ def test_bad_payloads_are_isolated_and_counted_in_metrics(tiny_artifacts, broker
     np.testing.assert_allclose(ys(sensors.got["bad"]), expected(tiny_artifacts, good[:1]), atol=1e-6)
 
 
-def test_broker_restart_reconnects_and_keeps_state(tiny_artifacts, broker, tmp_path):
+@pytest.mark.parametrize("client", ["paho", "libmosquitto"])
+def test_broker_restart_reconnects_and_keeps_state(tiny_artifacts, broker, tmp_path, client):
+    from firmware_bridge.mqtt_clients import libmosquitto
+
+    if client == "libmosquitto" and libmosquitto() is None:
+        pytest.skip("libmosquitto is not installed (it comes with mosquitto: make tools)")
     xs = samples(1, 6, seed=7)["s0"]
-    d = Daemon(tiny_artifacts, broker, tmp_path / "state")
+    d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--mqtt-client", client)
     s = Sensors(broker)
     for x in xs[:3]:
         s.send("s0", line(x))
