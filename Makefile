@@ -99,7 +99,7 @@ bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	$(VENV)/bin/python -m bench.run --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python
 	@$(MAKE) --no-print-directory tools
 	$(VENV)/bin/python -m bench.streams all --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python \
-		--streams 1000 --rates 50 --seconds 60
+		--streams 1000 --rates 50 --seconds 60 --clients libmosquitto,paho
 
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info

@@ -93,19 +93,21 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_daemon(python: str, artifacts: Path, url: str, streams: int, work: Path):
+def start_daemon(python: str, artifacts: Path, url: str, streams: int, work: Path,
+                 client: str = "auto"):
     err = open(work / "daemon.log", "w")
     cmd = [python, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts), "--mqtt",
            f"{url}/{PREFIX}", "--reset", "never", "--max-streams", str(streams),
            "--stream-idle", "3600", "--state-dir", str(work / "state"),
-           "--checkpoint-interval", "30", "--metrics", "127.0.0.1:0"]
+           "--checkpoint-interval", "30", "--metrics", "127.0.0.1:0", "--mqtt-client", client]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = (work / "daemon.log").read_text()
         found = re.search(r"metrics on http://127.0.0.1:(\d+)/", text)
-        if found and "MQTT connected" in text:
-            return proc, int(found.group(1))
+        kind = re.search(r"MQTT connected to \S+ \((\w+)Client\)", text)
+        if found and kind:
+            return proc, int(found.group(1)), kind.group(1)
         if proc.poll() is not None:
             break
         time.sleep(0.1)
@@ -142,14 +144,15 @@ def publish_ticks(client, pool: np.ndarray, streams: int, rate: float, seconds: 
 
 
 def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: float,
-             warmup: float, slots: int = 20) -> dict:
+             warmup: float, slots: int = 20, client: str = "auto") -> dict:
     from bench.mqtt_load import Collector, RawClient
     from firmware_bridge.broker import LocalBroker
 
     pool = sample_pool(artifacts)
     work = Path(tempfile.mkdtemp(prefix="stepwise-streams-"))
     with LocalBroker(max_queued=1_000_000) as broker:
-        daemon, metrics_port = start_daemon(python, artifacts, broker.url, streams, work)
+        daemon, metrics_port, kind = start_daemon(python, artifacts, broker.url, streams, work,
+                                                  client)
         try:
             collector = Collector(broker.host, broker.port, f"{PREFIX}/+/prediction")
             sender = RawClient(broker.host, broker.port, "bench-sensors")
@@ -179,6 +182,7 @@ def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: f
     out = summarize(artifacts, pool, streams, rate, sent, collector.records, warmup,
                     {k: cpu1[k] - cpu0[k] for k in cpu0}, wall, wall_send, scraped, rss)
     out["phases"] = slots
+    out["client"] = {"Mosquitto": "libmosquitto", "Paho": "paho-mqtt"}.get(kind, kind)
     out["load_average"] = os.getloadavg()[0]
     return out
 
@@ -227,7 +231,7 @@ def summarize(artifacts, pool, streams, rate, sent, records, warmup, cpu, wall, 
 
 def table(engine: dict, runs: list[dict]) -> str:
     """The README table: one row per load run, then the engine rows."""
-    out = ["| streams x rate | sent | predictions | p50 / p99 / max latency (ms) | bar p99 <= 20 ms "
+    out = ["| streams x rate, MQTT client | sent | predictions | p50 / p99 / max latency (ms) | bar p99 <= 20 ms "
            "| max abs dy vs replay | daemon cores | daemon CPU per prediction | broker CPU (share of machine) |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -236,7 +240,8 @@ def table(engine: dict, runs: list[dict]) -> str:
         ok = "PASS" if p99 is not None and p99 <= 20 and r["missing"] == 0 else "MISS"
         fmt = "/".join("-" if lat[q] is None else f"{lat[q]:.1f}" for q in ("p50", "p99", "max"))
         out.append(f"| {r['streams']} x {r['rate_hz']:g}/s for {r['seconds']:g} s "
-                   f"({r['phases']} phases, load avg {r['load_average']:.1f}) | {r['sent']:,} "
+                   f"({r['phases']} phases, load avg {r['load_average']:.1f}), {r['client']} "
+                   f"| {r['sent']:,} "
                    f"| {r['predictions']:,} ({r['missing']:,} missing) | {fmt} | {ok} "
                    f"| {r['max_abs_dy_vs_replay']:.1e} | {r['daemon_cores']:.2f} "
                    f"| {1e6 * r['cpu_s']['daemon'] / max(1, r['predictions']):.0f} us "
@@ -261,11 +266,12 @@ def run_all(a) -> int:
     engine = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
                                        text=True).stdout)
     runs = []
-    for rate in a.rates:
-        r = load_run(a.artifacts, a.device_python, a.streams, rate, a.seconds, a.warmup,
-                     a.phases)
-        print(json.dumps(r), file=sys.stderr)
-        runs.append(r)
+    for client in a.clients:
+        for rate in a.rates:
+            r = load_run(a.artifacts, a.device_python, a.streams, rate, a.seconds, a.warmup,
+                         a.phases, client)
+            print(json.dumps(r), file=sys.stderr)
+            runs.append(r)
     print(table(engine, runs))
     return 0
 
@@ -280,6 +286,9 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--clients", type=lambda t: t.split(","), default=["auto"],
+                   help="all: the daemon's --mqtt-client values to run, comma-separated")
+    p.add_argument("--mqtt-client", default="auto", help="load: the daemon's --mqtt-client")
     p.add_argument("--phases", type=int, default=20,
                    help="send phases per period (1: every stream at the same instant)")
     p.add_argument("--rates", type=lambda t: [float(v) for v in t.split(",")], default=[50.0],
@@ -292,7 +301,7 @@ def main(argv=None) -> int:
         out = engine_cost(a.artifacts, a.streams, a.steps)
     else:
         out = load_run(a.artifacts, a.device_python, a.streams, a.rate, a.seconds, a.warmup,
-                       a.phases)
+                       a.phases, a.mqtt_client)
     print(json.dumps(out))
     return 0
 
