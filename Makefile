@@ -58,6 +58,8 @@ tools:
 	@command -v systemd-analyze > /dev/null || (apt-get update -q && apt-get install -y -q systemd)
 	@command -v logrotate > /dev/null || (apt-get update -q && apt-get install -y -q logrotate)
 	@command -v strace > /dev/null || (apt-get update -q && apt-get install -y -q strace)
+	@command -v mosquitto > /dev/null || test -x /usr/sbin/mosquitto || \
+		(apt-get update -q && apt-get install -y -q mosquitto)
 
 test: tools $(VENV)/.installed $(DEVICE_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
 	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests
@@ -80,13 +82,24 @@ bundle: $(VENV)/.installed
 	$(VENV)/bin/python deploy/bundle.py --artifacts $(ARTIFACTS) --out build/bundle \
 	    --cache build/wheels $(addprefix --target ,$(BUNDLE_TARGETS))
 
+# `make serve STREAMS=200 [RATE=10]`: the many-stream demo (local broker, N simulated streams).
+STREAMS ?=
+RATE    ?= 10
 serve: $(DEVICE_VENV)/.installed
 	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build
+ifeq ($(STREAMS),)
 	$(DEVICE_VENV)/bin/python -m stepwise_cli.demo --artifacts $(ARTIFACTS)
+else
+	@$(MAKE) --no-print-directory tools
+	$(DEVICE_VENV)/bin/python -m firmware_bridge.mqtt_sim --demo --artifacts $(ARTIFACTS) --streams $(STREAMS) --rate $(RATE)
+endif
 
 bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build
 	$(VENV)/bin/python -m bench.run --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python
+	@$(MAKE) --no-print-directory tools
+	$(VENV)/bin/python -m bench.streams all --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python \
+		--streams 1000 --rates 50 --seconds 60 --clients libmosquitto,paho
 
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info

@@ -30,6 +30,7 @@ from runtime.contract import ModelContract, OutputSpec, StateSpec, load_contract
 from runtime.errors import ConfigError, ContractError, DataError, StateCorruptError
 from runtime.reset import ResetPolicy, ResetSchedule, parse_reset
 from runtime.snapshot import StateSnapshot
+from runtime.stream_state import StreamState
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +391,35 @@ class Engine:
         self.schedule.restore(snap.steps, None if last_ms is None else last_ms / 1000.0)
         self.samples_seen = int(snap.samples_seen)
         self.last_frame_seq = int(snap.last_frame_seq)
+
+    # -- one lane at a time (many streams) -----------------------------------------
+    def lane_state(self, lane: int) -> StreamState:
+        """Lane ``lane``'s state as a ``StreamState`` (float32, a copy; a non-finite
+        state is reset first). ``samples`` is left 0: the caller counts per stream."""
+        if lane in self._nonfinite_lanes(None):
+            self._reset_lanes([lane], "nonfinite")
+        states = {s.spec.name: s.tin.to_real(s.vin[lane]).copy() for s in self._states}
+        sched = self.schedule
+        return StreamState(states, steps=int(sched.steps[lane]), seq=int(sched.seq[lane]),
+                           last_t=float(sched.last_t[lane]))
+
+    def load_lane(self, lane: int, state: StreamState | None) -> None:
+        """Put ``state`` into lane ``lane`` (None: the zero state, step 0, sequence 0);
+        ``StateCorruptError`` if it does not fit the model or is not finite."""
+        sched = self.schedule
+        if state is None:
+            self._clear([lane])
+            sched.steps[lane], sched.seq[lane], sched.last_t[lane] = 0, 0, np.nan
+            return
+        want = {s.spec.name: tuple(s.spec.shape) for s in self._states}
+        got = {k: tuple(np.shape(v)) for k, v in state.states.items()}
+        if got != want or not state.is_finite():
+            raise StateCorruptError(f"stream state does not fit this engine: states {got}, "
+                                    f"expected {want}, finite")
+        for s in self._states:
+            s.tin.to_raw(np.asarray(state.states[s.spec.name], np.float32), s.vin[lane])
+        sched.steps[lane], sched.seq[lane], sched.last_t[lane] = \
+            state.steps, state.seq, state.last_t
 
 
 # A plain float tensor: the "real" side of AffineCast.between.

@@ -80,6 +80,14 @@ def format_report(info: dict[str, Any]) -> list[str]:
 
 def _checkpoint_lines(c: dict[str, Any], manifest: str | None) -> list[str]:
     when = datetime.datetime.fromtimestamp(c["timestamp"], datetime.timezone.utc)
+    if "streams" in c:  # a many-stream checkpoint: every stream's state by id
+        shown = ", ".join(c["stream_ids"]) + (", ..." if c["streams"] > len(c["stream_ids"]) else "")
+        return [f"checkpoint:      {c['file']} ({c['bytes']} bytes, format {c['format_version']})",
+                f"written:         {when:%Y-%m-%d %H:%M:%S} UTC ({format_age(c['age_seconds'])})",
+                f"model sha256:    {c['model_sha256']}",
+                f"current model:   {_match_text(c.get('match'), manifest)}",
+                f"samples seen:    {c['samples_seen']}",
+                f"streams:         {c['streams']}: {shown}"]
     seq = "none" if c["last_frame_seq"] < 0 else str(c["last_frame_seq"])
     lines = [
         f"checkpoint:      {c['file']} ({c['bytes']} bytes, format {c['format_version']})",

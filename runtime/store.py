@@ -36,6 +36,7 @@ from runtime.atomic import TEMP_SUFFIX, FileSystem, atomic_write_bytes, ensure_d
 from runtime.contract import StateSpec
 from runtime.errors import ConfigError, StateCorruptError
 from runtime.snapshot import StateSnapshot
+from runtime.stream_format import STREAMS_VERSION, describe_streams, file_version
 from runtime.store_format import (
     CheckpointError, check_matches, describe_checkpoint, encode_checkpoint, parse_checkpoint,
     sha256_bytes,
@@ -89,8 +90,7 @@ class StateStore:
             snapshot = self._load(name)
             if snapshot is not None:
                 self.restored_from = self.state_dir / name
-                log.info("restored state from %s: %d samples seen, steps %s",
-                         self.restored_from, snapshot.samples_seen, snapshot.steps.tolist())
+                log.info("restored state from %s: %s", self.restored_from, self._summary(snapshot))
                 return snapshot
         log.info("no valid checkpoint for this model in %s: starting from fresh state",
                  self.state_dir)
@@ -106,12 +106,22 @@ class StateStore:
             log.error("cannot read checkpoint %s: %s; not using it", path, e)
             return None
         try:
-            ckpt = parse_checkpoint(data)
-            check_matches(ckpt, self.model_sha256, self.states, self.lanes)
+            return self._decode(data)
         except CheckpointError as e:
             self._reject(name, e)
             return None
+
+    # the file format: one engine's lanes (version 1); runtime.stream_store overrides these
+    def _decode(self, data: bytes) -> StateSnapshot:
+        ckpt = parse_checkpoint(data)
+        check_matches(ckpt, self.model_sha256, self.states, self.lanes)
         return ckpt.snapshot()
+
+    def _encode(self, snapshot) -> bytes:
+        return encode_checkpoint(snapshot, self.model_sha256, self.states)
+
+    def _summary(self, snapshot) -> str:
+        return f"{snapshot.samples_seen} samples seen, steps {snapshot.steps.tolist()}"
 
     def _reject(self, name: str, error: CheckpointError) -> None:
         path = self.state_dir / name
@@ -158,7 +168,7 @@ class StateStore:
         if not snapshot.timestamp:
             snapshot = dataclasses.replace(snapshot, timestamp=self._wall())
         try:
-            data = encode_checkpoint(snapshot, self.model_sha256, self.states)
+            data = self._encode(snapshot)
         except StateCorruptError as e:
             return self._failed(f"snapshot not persisted: {e}")
         try:
@@ -265,8 +275,11 @@ def describe_state_dir(state_dir: str | os.PathLike, *, models: Mapping[str, str
                 data = fs.read_bytes(state_dir / name)
             except OSError as e:
                 data = e
-            entry = {"file": str(state_dir / name),
-                     **describe_checkpoint(data, models, states, lanes, now)}
+            if not isinstance(data, OSError) and file_version(data) == STREAMS_VERSION:
+                described = describe_streams(data, models, states, now)
+            else:
+                described = describe_checkpoint(data, models, states, lanes, now)
+            entry = {"file": str(state_dir / name), **described}
             info["files"].append(entry)
             if info["checkpoint"] is None and entry["valid"]:
                 info["checkpoint"] = entry

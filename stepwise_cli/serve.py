@@ -29,7 +29,8 @@ def serve(opts: ServeOptions) -> int:
 @click.command("serve")
 @click.option("--artifacts", default="artifacts", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Built artifacts folder.")
-@click.option("--port", required=True, help="Serial port: a device path or a pyserial URL (loop://, socket://...).")
+@click.option("--port", "ports", multiple=True, help="Serial port: a device path or a pyserial URL "
+              "(loop://, socket://...). Repeat it to serve several ports, each one stream.")
 @click.option("--baud", default=115200, show_default=True, type=click.IntRange(min=1))
 @click.option("--protocol", default="text", show_default=True, type=click.Choice(["text", "cobs"]))
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -45,9 +46,37 @@ def serve(opts: ServeOptions) -> int:
 @click.option("--status-interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds between counter log lines / systemd STATUS updates.")
 @click.option("--backend", default=None, help="Interpreter package (default: first installed).")
-def serve_cmd(artifacts, port, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
-              status_interval, backend) -> None:
-    """The on-device daemon: samples from a serial port in, one prediction per sample out."""
+@click.option("--mqtt", default=None, metavar="URL", help="MQTT broker and topic prefix, "
+              "mqtt://HOST[:PORT][/PREFIX]: streams are PREFIX/<stream>/sample (docs/PROTOCOL.md).")
+@click.option("--mqtt-client", default="auto", show_default=True,
+              type=click.Choice(["auto", "paho", "libmosquitto"]),
+              help="MQTT client library (auto: libmosquitto where installed, else paho-mqtt).")
+@click.option("--max-streams", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Most streams holding an engine lane at once (many-stream mode).")
+@click.option("--stream-idle", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Seconds without a sample after which a stream gives up its lane (its "
+                   "state is kept and restored when it comes back).")
+@click.option("--metrics", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics.")
+@click.option("--shard", default=None, metavar="I/N", help="Serve only the streams of shard I "
+              "of N (rendezvous hashing of the stream id; I may be a list: 0,1/3).")
+def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
+              status_interval, backend, mqtt, mqtt_client, max_streams, stream_idle, metrics,
+              shard) -> None:
+    """The on-device daemon: samples from a serial port (or many streams) in, one
+    prediction per sample out."""
+    if not ports and not mqtt:
+        raise click.UsageError("give --port (one or more) or --mqtt")
+    if mqtt or len(ports) > 1 or metrics or shard:
+        from stepwise_cli.serve_many import serve_many
+
+        sys.exit(serve_many(artifacts=artifacts, ports=ports, mqtt=mqtt, baud=baud,
+                            protocol=protocol, state_dir=state_dir or state_directory(),
+                            checkpoint_interval=checkpoint_interval, reset=reset,
+                            variant=variant, output=output, status_interval=status_interval,
+                            backend=backend, max_streams=max_streams, stream_idle=stream_idle,
+                            metrics=metrics, shard=shard, mqtt_client=mqtt_client))
+    port = ports[0]
     opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
                         state_dir=state_dir or state_directory(), checkpoint_interval=checkpoint_interval,
                         reset=reset, variant=variant, output=output, reply=reply,

@@ -78,3 +78,15 @@ def tiny_artifacts(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-artifacts")
     build_artifacts(load_config(ROOT / "tests" / "tiny.toml"), out=out)
     return out
+
+
+@pytest.fixture
+def broker():
+    """A private Mosquitto broker on a free loopback port (skipped where it is missing:
+    ``make tools`` installs it)."""
+    from firmware_bridge.broker import LocalBroker, find_mosquitto
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (make tools)")
+    with LocalBroker() as b:
+        yield b

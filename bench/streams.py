@@ -1,0 +1,310 @@
+"""``python -m bench.streams``: many streams through a real Mosquitto broker.
+
+``load``: a private broker on loopback, the daemon (``stepwise serve --mqtt``, device
+environment) and a lean socket client publishing ``--streams`` streams at ``--rate``
+samples/s each for ``--seconds``; sample-to-prediction latency per prediction, every
+stream's predictions checked against ``runtime.replay`` of that stream's own samples
+(the function ``stepwise replay`` runs), CPU seconds of the broker and the daemon.
+``engine``: the engine's step cost per stream at ``--streams`` lanes (``step_lanes``,
+and the lane manager's full round). Prints one JSON object; ``bench.streams_report``
+turns it into the README table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("bench.streams")
+PREFIX = "bench"
+
+
+def sample_pool(artifacts: Path, size: int = 4096) -> np.ndarray:
+    """Real samples ``[size, F]`` float32 from the build's test data, as the text
+    protocol carries them (float32 repr, parsed back exactly)."""
+    with np.load(Path(artifacts) / "test_data.npz", allow_pickle=False) as z:
+        X = z["X"].astype(np.float32)
+    flat = X.reshape(-1, X.shape[-1])
+    return np.resize(flat, (size, flat.shape[1])).astype(np.float32)
+
+
+def stream_samples(pool: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Stream ``k``'s first ``n`` samples ``[n, F]``: the pool from its own offset."""
+    return pool[(k * 37 + np.arange(n)) % len(pool)]
+
+
+# -- engine cost -------------------------------------------------------------------------
+def engine_cost(artifacts: Path, streams: int, steps: int) -> dict:
+    from runtime.engine import Engine
+    from runtime.lanes import LaneManager
+
+    pool = sample_pool(artifacts)
+    eng = Engine.load(artifacts, lanes=streams, reset="never")
+    X = np.stack([stream_samples(pool, k, 1)[0] for k in range(streams)])
+    for _ in range(50):
+        eng.step_lanes(X)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        eng.step_lanes(X)
+    lanes_s = (time.perf_counter() - t0) / steps
+    m = LaneManager(lambda n: Engine.load(artifacts, lanes=n, reset="never"), streams, 3600.0)
+    batch = [(f"s{k}", X[k], 0.0) for k in range(streams)]
+    for _ in range(20):
+        m.step(batch)
+    rounds = max(20, steps // 10)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        m.step(batch)
+    round_s = (time.perf_counter() - t0) / rounds
+    one = Engine.load(artifacts, reset="never")
+    for _ in range(200):
+        one.step(X[0])
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one.step(X[0])
+    single_s = (time.perf_counter() - t0) / steps
+    return {"streams": streams, "step_lanes_us": lanes_s * 1e6,
+            "per_stream_us": lanes_s * 1e6 / streams, "round_us": round_s * 1e6,
+            "round_per_stream_us": round_s * 1e6 / streams, "single_stream_step_us": single_s * 1e6}
+
+
+# -- the load run ------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_daemon(python: str, artifacts: Path, url: str, streams: int, work: Path,
+                 client: str = "auto"):
+    err = open(work / "daemon.log", "w")
+    cmd = [python, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts), "--mqtt",
+           f"{url}/{PREFIX}", "--reset", "never", "--max-streams", str(streams),
+           "--stream-idle", "3600", "--state-dir", str(work / "state"),
+           "--checkpoint-interval", "30", "--metrics", "127.0.0.1:0", "--mqtt-client", client]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = (work / "daemon.log").read_text()
+        found = re.search(r"metrics on http://127.0.0.1:(\d+)/", text)
+        kind = re.search(r"MQTT connected to \S+ \((\w+)Client\)", text)
+        if found and kind:
+            return proc, int(found.group(1)), kind.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"daemon did not start:\n{(work / 'daemon.log').read_text()[-2000:]}")
+
+
+def publish_ticks(client, pool: np.ndarray, streams: int, rate: float, seconds: float,
+                  slots: int = 20) -> np.ndarray:
+    """Every stream's next sample once per tick, at ``rate`` ticks/s; the send times
+    ``[streams, ticks]``. Independent sensors are not phase-locked: stream ``k`` sends at
+    phase ``(k % slots) / slots`` of the period, so a tick goes out in ``slots`` bursts
+    (``slots=1``: every stream at the same instant, the worst case)."""
+    from bench.mqtt_load import _string, _varint
+
+    lines = [",".join(repr(float(v)) for v in row).encode() for row in pool]
+    topics = [_string(f"{PREFIX}/s{k}/sample") for k in range(streams)]
+    groups = [list(range(g, streams, slots)) for g in range(min(slots, streams))]
+    ticks = int(rate * seconds)
+    sent = np.zeros((streams, ticks))
+    t0 = time.monotonic() + 0.2
+    for j in range(ticks):
+        for g, members in enumerate(groups):
+            due = t0 + (j + g / len(groups)) / rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            packet = b"".join(b"\x30" + _varint(len(topics[k]) + len(pl)) + topics[k] + pl
+                              for k, pl in ((k, lines[(k * 37 + j) % len(lines)])
+                                            for k in members))
+            sent[members, j] = time.monotonic()
+            client.sock.sendall(packet)
+    return sent
+
+
+def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: float,
+             warmup: float, slots: int = 20, client: str = "auto") -> dict:
+    from bench.mqtt_load import Collector, RawClient
+    from firmware_bridge.broker import LocalBroker
+
+    pool = sample_pool(artifacts)
+    work = Path(tempfile.mkdtemp(prefix="stepwise-streams-"))
+    with LocalBroker(max_queued=1_000_000) as broker:
+        daemon, metrics_port, kind = start_daemon(python, artifacts, broker.url, streams, work,
+                                                  client)
+        try:
+            collector = Collector(broker.host, broker.port, f"{PREFIX}/+/prediction")
+            sender = RawClient(broker.host, broker.port, "bench-sensors")
+            cpu0 = {"broker": cpu_seconds(broker.pid), "daemon": cpu_seconds(daemon.pid),
+                    "bench": time.process_time()}
+            w0 = time.monotonic()
+            sent = publish_ticks(sender, pool, streams, rate, seconds, slots)
+            wall_send = time.monotonic() - w0
+            expected = sent.size
+            deadline, last = time.monotonic() + 30, -1
+            while len(collector.records) < expected and time.monotonic() < deadline:
+                if len(collector.records) == last:
+                    deadline = min(deadline, time.monotonic() + 5)
+                last = len(collector.records)
+                time.sleep(0.5)
+            wall = time.monotonic() - w0
+            cpu1 = {"broker": cpu_seconds(broker.pid), "daemon": cpu_seconds(daemon.pid),
+                    "bench": time.process_time()}
+            scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                             timeout=10).read().decode()
+            rss = rss_mb(daemon.pid)
+            sender.close()
+            collector.close()
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(60)
+    out = summarize(artifacts, pool, streams, rate, sent, collector.records, warmup,
+                    {k: cpu1[k] - cpu0[k] for k in cpu0}, wall, wall_send, scraped, rss)
+    out["phases"] = slots
+    out["client"] = {"Mosquitto": "libmosquitto", "Paho": "paho-mqtt"}.get(kind, kind)
+    out["load_average"] = os.getloadavg()[0]
+    return out
+
+
+def summarize(artifacts, pool, streams, rate, sent, records, warmup, cpu, wall, wall_send,
+              scraped, rss) -> dict:
+    from runtime.engine import Engine
+    from runtime.replay import iter_replay
+
+    ticks = sent.shape[1]
+    got = np.full((streams, ticks), np.nan)
+    ys: dict[int, dict[int, list]] = {}
+    for topic, payload, t in records:
+        k = int(topic.split(b"/")[1][1:])
+        rec = json.loads(payload)
+        got[k, rec["i"]] = t - sent[k, rec["i"]]
+        ys.setdefault(k, {})[rec["i"]] = rec["y"]
+    start = int(warmup * rate)
+    lat = got[:, start:].ravel()
+    arrived = lat[~np.isnan(lat)]
+    worst, checked, missing = 0.0, 0, 0
+    for k in range(streams):
+        engine = Engine.load(artifacts, reset="never")
+        xs = stream_samples(pool, k, ticks)
+        want = np.array([p.y for _, _, p in iter_replay(engine, [xs], reset_between=False)])
+        mine = ys.get(k, {})
+        idx = sorted(mine)
+        missing += ticks - len(idx)
+        if idx:
+            worst = max(worst, float(np.abs(np.array([mine[i] for i in idx]) - want[idx]).max()))
+            checked += len(idx)
+    total_cpu = sum(cpu.values())
+    return {
+        "streams": streams, "rate_hz": rate, "seconds": ticks / rate, "sent": ticks * streams,
+        "predictions": len(records), "missing": missing, "checked": checked,
+        "max_abs_dy_vs_replay": worst, "send_wall_s": wall_send, "wall_s": wall,
+        "throughput_per_s": len(records) / wall_send,
+        "latency_ms": {q: float(np.percentile(arrived, p)) * 1e3 if arrived.size else None
+                       for q, p in (("p50", 50), ("p99", 99), ("max", 100))},
+        "cpu_s": cpu, "broker_cpu_share_of_machine": cpu["broker"] / (wall * os.cpu_count()),
+        "broker_share_of_measured_cpu": cpu["broker"] / total_cpu if total_cpu else None,
+        "daemon_cores": cpu["daemon"] / wall, "daemon_rss_mb": rss,
+        "metrics_lines": len(scraped.splitlines()),
+    }
+
+
+def table(engine: dict, runs: list[dict]) -> str:
+    """The README table: one row per load run, then the engine rows."""
+    out = ["| streams x rate, MQTT client | sent | predictions | p50 / p99 / max latency (ms) | bar p99 <= 20 ms "
+           "| max abs dy vs replay | daemon cores | daemon CPU per prediction | broker CPU (share of machine) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lat = r["latency_ms"]
+        p99 = lat["p99"]
+        ok = "PASS" if p99 is not None and p99 <= 20 and r["missing"] == 0 else "MISS"
+        fmt = "/".join("-" if lat[q] is None else f"{lat[q]:.1f}" for q in ("p50", "p99", "max"))
+        out.append(f"| {r['streams']} x {r['rate_hz']:g}/s for {r['seconds']:g} s "
+                   f"({r['phases']} phases, load avg {r['load_average']:.1f}), {r['client']} "
+                   f"| {r['sent']:,} "
+                   f"| {r['predictions']:,} ({r['missing']:,} missing) | {fmt} | {ok} "
+                   f"| {r['max_abs_dy_vs_replay']:.1e} | {r['daemon_cores']:.2f} "
+                   f"| {1e6 * r['cpu_s']['daemon'] / max(1, r['predictions']):.0f} us "
+                   f"| {r['cpu_s']['broker']:.1f} s ({100 * r['broker_cpu_share_of_machine']:.1f} %) |")
+    e = engine
+    ok = "PASS" if e["per_stream_us"] <= 1.0 else "MISS"
+    out += ["", "| engine at %d lanes | per step | per stream | bar <= 1 us |" % e["streams"],
+            "|---|---|---|---|",
+            f"| Engine.step_lanes (one invoke) | {e['step_lanes_us']:.0f} us "
+            f"| {e['per_stream_us']:.2f} us | {ok} |",
+            f"| LaneManager round (lanes, bookkeeping, results) | {e['round_us']:.0f} us "
+            f"| {e['round_per_stream_us']:.2f} us | - |",
+            f"| one stream alone (Engine.step) | {e['single_stream_step_us']:.1f} us "
+            f"| {e['single_stream_step_us']:.1f} us | - |"]
+    return "\n".join(out)
+
+
+def run_all(a) -> int:
+    """Engine rows in the device environment, then each load run; the table on stdout."""
+    cmd = [a.device_python, "-m", "bench.streams", "engine", "--artifacts", str(a.artifacts),
+           "--streams", str(a.streams), "--steps", str(a.steps)]
+    engine = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
+                                       text=True).stdout)
+    runs = []
+    for client in a.clients:
+        for rate in a.rates:
+            r = load_run(a.artifacts, a.device_python, a.streams, rate, a.seconds, a.warmup,
+                         a.phases, client)
+            print(json.dumps(r), file=sys.stderr)
+            runs.append(r)
+    print(table(engine, runs))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.streams")
+    p.add_argument("mode", choices=["load", "engine", "all"])
+    p.add_argument("--artifacts", type=Path, default=ROOT / "artifacts")
+    p.add_argument("--device-python", default=str(ROOT / ".venv-device" / "bin" / "python"))
+    p.add_argument("--streams", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=50.0)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--clients", type=lambda t: t.split(","), default=["auto"],
+                   help="all: the daemon's --mqtt-client values to run, comma-separated")
+    p.add_argument("--mqtt-client", default="auto", help="load: the daemon's --mqtt-client")
+    p.add_argument("--phases", type=int, default=20,
+                   help="send phases per period (1: every stream at the same instant)")
+    p.add_argument("--rates", type=lambda t: [float(v) for v in t.split(",")], default=[50.0],
+                   help="all: the per-stream rates to run, comma-separated")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if a.mode == "all":
+        return run_all(a)
+    if a.mode == "engine":
+        out = engine_cost(a.artifacts, a.streams, a.steps)
+    else:
+        out = load_run(a.artifacts, a.device_python, a.streams, a.rate, a.seconds, a.warmup,
+                       a.phases, a.mqtt_client)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

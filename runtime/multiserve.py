@@ -1,0 +1,268 @@
+"""``stepwise serve`` for many streams: one engine, one lane per active stream.
+
+The source is injected: any object with ``get_many(limit, timeout)`` returning
+``(stream id, event)`` pairs (``runtime.events.Sample``, or any other event: a reset),
+``publish(stream, line)`` for the prediction, ``status()`` and ``close()``
+(``firmware_bridge.mqtt.MqttSource``, ``firmware_bridge.multiport.PortsSource``). One
+loop in the main thread: take what is waiting, step every pending stream together
+(``runtime.lanes``), publish each prediction (and write it to ``--output`` if given),
+then park idle streams, checkpoint when due (every stream, one file per owned shard),
+update the metrics. SIGTERM/SIGINT -> final checkpoint, exit 0.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.daemon import Output
+from runtime.engine import Engine
+from runtime.events import Sample
+from runtime.lanes import LaneManager, StreamResult
+from runtime.records import record_line
+from runtime.shard import ShardSpec, shard_dir
+from runtime.stream_format import StreamsSnapshot
+from runtime.stream_store import StreamStore
+from runtime.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+BATCH = 8192  # events taken from the source per turn of the loop
+IDLE_CHECK = 1.0  # seconds between looks for idle streams
+SWITCH_INTERVAL = 0.0005  # seconds, the interpreter's thread switch interval while serving
+
+
+@dataclass(frozen=True)
+class MultiServeOptions:
+    artifacts: Path
+    state_dir: Path = Path("state")
+    checkpoint_interval: float = 60.0
+    reset: str | None = None
+    variant: str | None = None
+    backend: str | None = None
+    max_streams: int = 1024
+    stream_idle: float = 300.0
+    shard: ShardSpec = ShardSpec((0,), 1)
+    output: Path | None = None  # JSON lines of every stream (reopened on SIGHUP)
+    stdout: bool = False  # without ``output``: the JSON lines to stdout (else only published)
+    status_interval: float = 60.0
+    legacy_stream: str | None = None  # the stream a single-stream checkpoint becomes
+
+
+class _Line:
+    """What ``record_line`` reads of a prediction."""
+
+    __slots__ = ("y", "step", "label")
+
+    def __init__(self, r: StreamResult, label: str):
+        self.y, self.step, self.label = r.y, r.step, label
+
+
+class MultiDaemon:
+    def __init__(self, opts: MultiServeOptions, notifier: Notifier | None = None, metrics=None):
+        self.opts = opts
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics
+        self.lanes = LaneManager(self._engine, opts.max_streams, opts.stream_idle)
+        engine = self.lanes.engine
+        self.output_spec = engine.output
+        self.stores = {i: StreamStore(self._dir(i), engine.model_sha256, engine.contract.states,
+                                      interval=opts.checkpoint_interval,
+                                      legacy_stream=opts.legacy_stream)
+                       for i in opts.shard.owned}
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._stop = False
+        self._reopen = False
+        self._synced: dict[str, int] = {}  # source reject counts already in the metrics
+        self._restore()
+        self._saved_mark = self._mark()
+
+    def _engine(self, lanes: int) -> Engine:
+        o = self.opts
+        return Engine.load(o.artifacts, variant=o.variant, lanes=lanes, reset=o.reset,
+                           backend=o.backend)
+
+    def _dir(self, shard: int) -> Path:
+        count = self.opts.shard.count
+        return self.opts.state_dir if count == 1 else shard_dir(self.opts.state_dir, shard, count)
+
+    def _restore(self) -> None:
+        states = {}
+        for shard, store in self.stores.items():
+            snap = store.restore()
+            if snap is None:
+                continue
+            for stream, state in snap.streams.items():
+                if self.opts.shard.of(stream) == shard:
+                    states[stream] = state
+                else:
+                    log.warning("stream %s in the checkpoint of shard %d belongs to shard %d: "
+                                "not restored here", stream, shard, self.opts.shard.of(stream))
+        self.lanes.restore(states)
+
+    def _mark(self):
+        return (self.lanes.engine.samples_seen, self.counters["resets"],
+                self.lanes.counters["parked"], sum(self.lanes.engine.resets.values()))
+
+    # -- checkpoints -----------------------------------------------------------------
+    def checkpoint(self) -> bool:
+        """Every stream's state, one file per owned shard; True if all were written."""
+        states = self.lanes.stream_states()
+        by_shard: dict[int, dict] = {i: {} for i in self.stores}
+        for stream, state in states.items():
+            by_shard.setdefault(self.opts.shard.of(stream), {})[stream] = state
+        ok = True
+        for shard, store in self.stores.items():
+            mine = by_shard[shard]
+            snap = StreamsSnapshot(mine, samples_seen=sum(s.samples for s in mine.values()),
+                                   timestamp=time.time())
+            t0 = time.perf_counter()
+            written = store.checkpoint(snap)
+            if self.metrics is not None:
+                self.metrics.checkpointed(time.perf_counter() - t0, written)
+            ok &= written
+        return ok
+
+    def _checkpoint_if_due(self) -> None:
+        store = next(iter(self.stores.values()))
+        mark = self._mark()
+        if mark != self._saved_mark and store.due():
+            self.checkpoint()
+            self._saved_mark = mark
+
+    # -- signals ---------------------------------------------------------------------
+    def _on_stop(self, signum, frame) -> None:
+        self._stop = True
+        log.info("%s received: finishing the current batch", signal.Signals(signum).name)
+
+    def _on_hup(self, signum, frame) -> None:
+        self._reopen = True
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self, source) -> int:
+        # the source's network thread and this loop hand the GIL to each other for every
+        # burst of messages: switch often, or a burst waits out the 5 ms default per turn
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        out = Output(self.opts.output) if self.opts.output or self.opts.stdout else None
+        self.notifier.ready(self.status(source))
+        log.info("serving up to %d streams (shard %s, reset %s); state in %s",
+                 self.opts.max_streams, self.opts.shard, self.lanes.engine.policy,
+                 self.opts.state_dir)
+        next_idle = next_status = time.monotonic()
+        try:
+            while not self._stop:
+                events = source.get_many(BATCH, timeout=0.05)
+                if events:
+                    lines = self.handle(events, source)
+                    if out is not None:
+                        out.write_lines(lines)
+                if self._reopen and out is not None:
+                    self._reopen = False
+                    out.reopen()
+                now = time.monotonic()
+                if now >= next_idle:
+                    next_idle = now + IDLE_CHECK
+                    self.lanes.evict_idle(now)
+                    self._update_gauges(source)
+                self._checkpoint_if_due()
+                self.notifier.watchdog_due()
+                if now >= next_status:
+                    next_status = now + self.opts.status_interval
+                    self.notifier.status(self.status(source))
+                    log.info("counters: %s", self.status(source))
+        finally:
+            self.notifier.stopping()
+            ok = self.checkpoint()
+            log.info("shutdown checkpoint %s; %s", "written" if ok else "FAILED",
+                     self.status(source))
+            source.close()
+            if out is not None:
+                out.close()
+        return 0
+
+    def handle(self, events, source) -> list[str]:
+        """Step a batch of ``(stream, event)``; publish and return the output lines."""
+        lines: list[str] = []
+        samples = []
+        wall_minus_mono = time.time() - time.monotonic()
+        for stream, event in events:
+            if type(event) is not Sample:  # a reset: the samples before it are stepped first
+                lines += self._step(samples, source)
+                samples = []
+                self.lanes.reset(stream, "device")
+                self.counters["resets"] += 1
+                if self.metrics is not None:
+                    self.metrics.resets.inc()
+                continue
+            received = event.received
+            samples.append((stream, event.values,
+                            received + wall_minus_mono if received else time.time()))
+        lines += self._step(samples, source)
+        return lines
+
+    def _step(self, samples, source) -> list[str]:
+        if not samples:
+            return []
+        t0 = time.perf_counter()
+        rounds = self.lanes.invokes
+        results = self.lanes.step(samples)
+        if self.metrics is not None:
+            n_rounds = max(1, self.lanes.invokes - rounds)
+            per = (time.perf_counter() - t0) / n_rounds
+            for _ in range(n_rounds):
+                self.metrics.step_seconds.observe(per)
+            self.metrics.samples.inc(len(samples))
+        label_of = self.output_spec.label_of
+        now = f', "t": {round(time.time(), 6)!r}}}\n'
+        lines = []
+        for r in results:
+            if r.rejected:
+                self.counters["rejected_non_finite"] += 1
+                if self.metrics is not None:
+                    self.metrics.rejects.labels("non_finite").inc()
+                continue
+            line = f'{{"stream": {json.dumps(r.stream)}, ' + \
+                record_line(r.i, r.seq, _Line(r, label_of(r.y)))[1:-2] + now
+            source.publish(r.stream, line[:-1])
+            lines.append(line)
+        self.counters["predictions"] += len(lines)
+        if self.metrics is not None:
+            self.metrics.predictions.inc(len(lines))
+        return lines
+
+    def _update_gauges(self, source) -> None:
+        if self.metrics is None:
+            return
+        m = self.metrics
+        m.active_streams.set(self.lanes.active)
+        m.known_streams.set(self.lanes.known())
+        m.lanes.set(self.lanes.engine.lanes)
+        connected = getattr(source, "connected", None)
+        if connected is not None:
+            m.broker_connected.set(1 if connected.is_set() else 0)
+        rejects = getattr(source, "rejects", None)
+        totals = rejects.snapshot() if rejects is not None else {}
+        for reason, n in totals.items():  # the source's counts, carried into the metric
+            seen = self._synced.get(reason, 0)
+            if n > seen:
+                m.rejects.labels(reason).inc(n - seen)
+                self._synced[reason] = n
+
+    def status(self, source=None) -> str:
+        parts = {**self.counters, **{f"lanes_{k}": v for k, v in self.lanes.counters.items()},
+                 "active_streams": self.lanes.active, "known_streams": self.lanes.known(),
+                 "checkpoints": sum(s.checkpoints for s in self.stores.values()),
+                 "checkpoint_failures": sum(s.failures for s in self.stores.values())}
+        if source is not None:
+            parts |= {f"source_{k}": v for k, v in source.status().items()}
+        return " ".join(f"{k}={v}" for k, v in sorted(parts.items()))

@@ -1,0 +1,244 @@
+"""``stepwise serve --mqtt`` as real processes against a real Mosquitto broker.
+
+A paho client plays the sensors (publishes samples of several streams, interleaved) and
+the consumer (subscribes to the predictions). Every stream's predictions must equal the
+engine run on that stream's samples alone; restarts, idle streams, bad payloads, a broker
+restart, two sharded daemons and the metrics endpoint are exercised on real processes.
+"""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+paho = pytest.importorskip("paho.mqtt.client")
+pytest.importorskip("prometheus_client")
+
+from runtime.engine import Engine  # noqa: E402
+from runtime.shard import shard_of  # noqa: E402
+
+TIMEOUT = 30.0
+RESET = "window:7"
+
+
+class Sensors:
+    """Publishes samples and collects the predictions, by stream."""
+
+    def __init__(self, broker, prefix="t"):
+        self.prefix = prefix
+        self.got: dict[str, list[dict]] = {}
+        self.lock = threading.Lock()
+        ready = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe(f"{prefix}/+/prediction", qos=1)
+        assert ready.wait(5)
+
+    def _on_message(self, client, userdata, msg):
+        record = json.loads(msg.payload)
+        with self.lock:
+            self.got.setdefault(msg.topic.split("/")[1], []).append(record)
+
+    def send(self, stream: str, payload: bytes, kind: str = "sample") -> None:
+        self.client.publish(f"{self.prefix}/{stream}/{kind}", payload, qos=1).wait_for_publish(5)
+
+    def wait_for(self, counts: dict[str, int], timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(len(self.got.get(s, [])) >= n for s, n in counts.items()):
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"predictions {({s: len(v) for s, v in self.got.items()})}, "
+                             f"expected {counts}")
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Daemon:
+    def __init__(self, artifacts, broker, state: Path, *extra: str, prefix="t"):
+        cmd = [sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts),
+               "--mqtt", f"{broker.url}/{prefix}", "--state-dir", str(state), "--reset", RESET,
+               "--checkpoint-interval", "0.3", "--status-interval", "0.5", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_log("MQTT connected")
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def wait_log(self, text: str, timeout: float = TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.log):
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not logged; log:\n{''.join(self.log)}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(TIMEOUT)
+        self._reader.join(5)
+        return rc
+
+
+def samples(n_streams, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"s{k}": rng.normal(size=(n, 3)).astype(np.float32) for k in range(n_streams)}
+
+
+def line(x) -> bytes:
+    return ",".join(repr(float(v)) for v in x).encode()
+
+
+def expected(artifacts, xs) -> np.ndarray:
+    eng = Engine.load(artifacts, reset=RESET)
+    return np.array([eng.step(x).y for x in xs])
+
+
+def ys(records) -> np.ndarray:
+    return np.array([r["y"] for r in sorted(records, key=lambda r: r["i"])])
+
+
+@pytest.fixture
+def sensors(broker):
+    s = Sensors(broker)
+    yield s
+    s.close()
+
+
+def test_interleaved_streams_restart_and_idle_return(tiny_artifacts, broker, sensors, tmp_path):
+    data = samples(4, 12)
+    d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--stream-idle", "0.5")
+    for k in range(8):  # interleaved; s3 sends two lines per message
+        for s, xs in data.items():
+            if s != "s3":
+                sensors.send(s, line(xs[k]))
+            elif k % 2:
+                sensors.send(s, line(xs[k - 1]) + b"\n" + line(xs[k]))
+    sensors.wait_for({s: 8 for s in data})
+    d.wait_log("gave up their lanes")  # all idle for 0.5 s: parked, state kept
+    assert d.stop() == 0
+    assert "shutdown checkpoint written" in "".join(d.log)
+    d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--stream-idle", "0.5")
+    d.wait_log("4 stream state(s) restored")
+    for k in range(8, 12):
+        for s, xs in data.items():
+            sensors.send(s, line(xs[k]))
+    sensors.wait_for({s: 12 for s in data})
+    assert d.stop() == 0
+    for s, xs in data.items():
+        recs = sensors.got[s]
+        assert sorted(r["i"] for r in recs) == list(range(12))
+        assert all(r["stream"] == s and "label" in r and "t" in r for r in recs)
+        np.testing.assert_allclose(ys(recs), expected(tiny_artifacts, xs), atol=1e-6, rtol=0)
+
+
+def test_bad_payloads_are_isolated_and_counted_in_metrics(tiny_artifacts, broker, sensors,
+                                                          tmp_path):
+    d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--metrics", "127.0.0.1:0")
+    port = int(re.search(r"metrics on http://127.0.0.1:(\d+)/", d.wait_log("metrics on")).group(1))
+    good = samples(1, 3, seed=5)["s0"]
+    sensors.send("good", line(good[0]))
+    sensors.send("bad", b"1,2\nnan,nan,nan\n\xff\n" + b"9" * 5000)
+    sensors.send("good", line(good[1]) + b"\nhello")  # a bad line in a good stream's message
+    sensors.send("bad", line(good[0]))
+    sensors.send("good", line(good[2]))
+    sensors.wait_for({"good": 3, "bad": 1})
+    time.sleep(1.2)  # the gauges and reject counts are carried into the metrics every second
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert d.stop() == 0
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(text) for s in f.samples}
+    assert got[("stepwise_predictions_total", ())] == 4
+    assert got[("stepwise_samples_total", ())] == 4
+    assert got[("stepwise_rejects_total", (("reason", "field_count"),))] == 1
+    assert got[("stepwise_rejects_total", (("reason", "non_finite"),))] == 1
+    assert got[("stepwise_rejects_total", (("reason", "not_numeric"),))] == 1
+    assert got[("stepwise_rejects_total", (("reason", "line_too_long"),))] == 1
+    assert got[("stepwise_active_streams", ())] == 2
+    assert got[("stepwise_mqtt_connected", ())] == 1
+    assert got[("stepwise_step_seconds_count", ())] >= 3
+    assert not any(dict(labels).keys() - {"reason", "le"} for _, labels in got)
+    np.testing.assert_allclose(ys(sensors.got["good"]), expected(tiny_artifacts, good), atol=1e-6)
+    np.testing.assert_allclose(ys(sensors.got["bad"]), expected(tiny_artifacts, good[:1]), atol=1e-6)
+
+
+@pytest.mark.parametrize("client", ["paho", "libmosquitto"])
+def test_broker_restart_reconnects_and_keeps_state(tiny_artifacts, broker, tmp_path, client):
+    from firmware_bridge.mqtt_clients import libmosquitto
+
+    if client == "libmosquitto" and libmosquitto() is None:
+        pytest.skip("libmosquitto is not installed (it comes with mosquitto: make tools)")
+    xs = samples(1, 6, seed=7)["s0"]
+    d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--mqtt-client", client)
+    s = Sensors(broker)
+    for x in xs[:3]:
+        s.send("s0", line(x))
+    s.wait_for({"s0": 3})
+    s.close()
+    broker.stop()
+    d.wait_log("connection to")
+    broker.start()
+    deadline = time.monotonic() + TIMEOUT
+    while sum("MQTT connected" in x for x in d.log) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    s = Sensors(broker)
+    for x in xs[3:]:
+        s.send("s0", line(x))
+    s.wait_for({"s0": 3})
+    s.close()
+    assert d.stop() == 0
+    np.testing.assert_allclose(ys(s.got["s0"]), expected(tiny_artifacts, xs)[3:], atol=1e-6)
+
+
+def test_two_sharded_daemons_split_streams_and_one_takes_over(tiny_artifacts, broker, sensors,
+                                                              tmp_path):
+    data = samples(8, 10, seed=9)
+    owner = {s: shard_of(s, 2) for s in data}
+    assert set(owner.values()) == {0, 1}
+    state = tmp_path / "shared"
+    a = Daemon(tiny_artifacts, broker, state, "--shard", "0/2")
+    b = Daemon(tiny_artifacts, broker, state, "--shard", "1/2")
+    for k in range(6):
+        for s, xs in data.items():
+            sensors.send(s, line(xs[k]))
+    sensors.wait_for({s: 6 for s in data})
+    time.sleep(0.3)
+    assert all(len(v) == 6 for v in sensors.got.values())  # exactly one daemon answered each
+    assert b.stop() == 0
+    assert (state / "shard-1-of-2" / "state.ckpt").exists()
+    assert a.stop() == 0
+    a = Daemon(tiny_artifacts, broker, state, "--shard", "0,1/2")  # takes over shard 1
+    a.wait_log("8 stream state(s) restored")
+    for k in range(6, 10):
+        for s, xs in data.items():
+            sensors.send(s, line(xs[k]))
+    sensors.wait_for({s: 10 for s in data})
+    assert a.stop() == 0
+    for s, xs in data.items():
+        np.testing.assert_allclose(ys(sensors.got[s]), expected(tiny_artifacts, xs), atol=1e-6)
