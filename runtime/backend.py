@@ -223,7 +223,9 @@ def check_tensors(loaded: LoadedModel, expected: Mapping[str, TensorSpec],
                   required_inputs: list[str], required_outputs: list[str]) -> None:
     """Cross-check the signature against the manifest's ``tensors`` map.
 
-    Raises ``ContractError`` naming the first tensor that is missing or differs.
+    Raises ``ContractError`` naming the first tensor that is missing or differs, or a
+    tensor of the model's signature that the manifest does not declare (a state left out
+    of ``states`` would silently never be carried).
     """
     for names, side, found in ((required_inputs, "input", loaded.inputs),
                                (required_outputs, "output", loaded.outputs)):
@@ -236,6 +238,12 @@ def check_tensors(loaded: LoadedModel, expected: Mapping[str, TensorSpec],
             if name not in expected:
                 raise ContractError(f"the manifest's tensors map has no entry for {name!r}")
             _compare(found[name], expected[name])
+    for side, found, wanted in (("input", loaded.inputs, required_inputs),
+                                ("output", loaded.outputs, required_outputs)):
+        extra = sorted(set(found) - set(wanted))
+        if extra:
+            raise ContractError(f"the model's signature {loaded.signature_key!r} has {side} tensor(s) "
+                                f"{', '.join(extra)} that the manifest does not declare")
 
 
 def _compare(actual: BoundTensor, spec: TensorSpec) -> None:

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,12 @@ from typing import Any
 import numpy as np
 
 from runtime.atomic import atomic_write_bytes
+from runtime.contract_check import OUTPUT_KINDS, SCHEMA_VERSION, check_manifest
 from runtime.errors import ContractError, ModelIntegrityError
 
-SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 4 << 20  # a real one is a few kB
 VARIANTS = ("float32", "int16x8", "int8")
-OUTPUT_KINDS = ("sigmoid", "softmax", "linear")
 
 
 @dataclass(frozen=True)
@@ -194,13 +195,10 @@ class ModelContract:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelContract":
+        """The contract of a parsed manifest; ``ContractError`` naming the first bad field."""
+        check_manifest(d)
         try:
-            version = int(d["schema_version"])
-            if version != SCHEMA_VERSION:
-                raise ContractError(
-                    f"manifest schema_version {version} is not supported "
-                    f"(this stepwise reads {SCHEMA_VERSION})"
-                )
+            version = d["schema_version"]
             inp = d["input"]
             return cls(
                 schema_version=version,
@@ -267,20 +265,52 @@ def _plain(obj: Any) -> Any:
 
 # -- files -------------------------------------------------------------------------
 def load_contract(artifacts: str | os.PathLike) -> ModelContract:
-    """Read ``<artifacts>/manifest.json``."""
+    """Read and check ``<artifacts>/manifest.json`` (a regular file of at most
+    ``MAX_MANIFEST_BYTES``, UTF-8 JSON, every field as ``contract_check`` wants it)."""
     path = Path(artifacts) / MANIFEST_NAME
     try:
-        text = path.read_text()
+        raw = read_regular_file(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise ContractError(
             f"no manifest at {path}: run 'stepwise build' (or 'make build') first, "
             f"or point --artifacts at a folder that has one"
         ) from None
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ContractError(f"{path} is not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ContractError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ContractError(f"{path} is nested too deeply to be a manifest") from None
     return ModelContract.from_dict(data)
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes; ``ContractError``
+    for anything else (a folder, a FIFO, a device such as ``/dev/zero``, a larger file).
+    ``FileNotFoundError`` passes through."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ContractError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ContractError(f"{path} is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ContractError(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise ContractError(f"{path} is {st.st_size} bytes, more than the {limit} allowed")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ContractError(f"{path} grew past the {limit} bytes allowed while being read")
+    return data
 
 
 def write_contract(contract: ModelContract, artifacts: str | os.PathLike) -> Path:
@@ -300,13 +330,24 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def read_model_bytes(contract: ModelContract, artifacts: str | os.PathLike,
                      variant: str | None = None) -> bytes:
-    """The variant's model file, refused unless its sha256 matches the manifest."""
+    """The variant's model file: a regular file inside ``artifacts`` (no absolute path,
+    no ``..``, no link leading out) of exactly the manifest's ``bytes``, refused unless
+    its sha256 matches the manifest."""
     spec = contract.variant(variant)
+    folder = Path(artifacts).resolve()
     path = Path(artifacts) / spec.file
+    where = f"manifest field variants.{spec.name}.file"
+    if Path(spec.file).is_absolute() or ".." in Path(spec.file).parts:
+        raise ContractError(f"{where}: {spec.file!r} must be a file inside the artifacts folder")
+    if not path.resolve().is_relative_to(folder):
+        raise ContractError(f"{where}: {spec.file!r} leads out of the artifacts folder {folder}")
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, spec.bytes)
     except FileNotFoundError:
         raise ContractError(f"model file {path} named by the manifest is missing") from None
+    if len(data) != spec.bytes:
+        raise ModelIntegrityError(f"model file {path} is {len(data)} bytes, the manifest says {spec.bytes} "
+                                  f"(modified or from another build); rebuild or restore the file")
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
         raise ModelIntegrityError(

@@ -22,7 +22,9 @@ import numpy as np
 
 from runtime.errors import ConfigError
 
-ACCEPTED = "window:N, sliding:N (N a positive integer), gap:SECONDS (seconds > 0) or never"
+MAX_SLIDING = 4096  # sliding:N steps N lanes per sample
+MAX_WINDOW = 1 << 31
+ACCEPTED = (f"window:N (1..{MAX_WINDOW}), sliding:N (1..{MAX_SLIDING}), gap:SECONDS (seconds > 0) or never")
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,10 @@ def parse_reset(text: str | ResetPolicy) -> ResetPolicy:
         return ResetPolicy("never")
     if kind in ("window", "sliding") and sep:
         try:
-            n = int(arg)
+            n = int(arg) if len(arg) <= 20 else 0
         except ValueError:
             n = 0
-        if n >= 1:
+        if 1 <= n <= (MAX_SLIDING if kind == "sliding" else MAX_WINDOW):
             return ResetPolicy(kind, n=n)
     if kind == "gap" and sep:
         try:

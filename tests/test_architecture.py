@@ -2,9 +2,9 @@
 
 Bottom to top (docs/DESIGN.md, "Packages and layers"):
 
-1. ``runtime`` bottom: errors, contract, datafile, snapshot, events, atomic, affine,
-   records (and ratelimit, rate-limited log lines): the standard library, numpy and each
-   other only.
+1. ``runtime`` bottom: errors, contract (and contract_check, its schema), datafile,
+   snapshot, events, atomic, affine, records (and ratelimit, rate-limited log lines): the
+   standard library, numpy and each other only.
 2. ``firmware_bridge`` wire formats (text, cobs): the runtime bottom only.
 3. ``firmware_bridge`` link and tools: the wire formats and the runtime bottom; the rest
    of ``runtime`` (engine, store, daemon, ...) beside it, never importing it.
@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("runtime", "firmware_bridge", "pipeline", "stepwise_cli", "bench")
 CORE_BOTTOM = ("errors", "contract", "datafile", "snapshot", "events", "atomic", "affine", "records")
-RUNTIME_BOTTOM = {f"runtime.{m}" for m in (*CORE_BOTTOM, "ratelimit")}  # ratelimit: log helpers
+RUNTIME_BOTTOM = {f"runtime.{m}" for m in (*CORE_BOTTOM, "ratelimit", "contract_check")}
 WIRE_FORMATS = {"firmware_bridge.text", "firmware_bridge.cobs"}
 BOTTOM_THIRD_PARTY = {"numpy"}
 BUILD_ONLY_THIRD_PARTY = {"tensorflow", "keras", "matplotlib", "ai_edge_litert", "tflite_micro"}

@@ -33,7 +33,8 @@ def test_parses_the_accepted_forms(text, policy):
 
 @pytest.mark.parametrize("text", ["", "window", "window:", "window:0", "window:-3", "window:2.5",
                                   "sliding:x", "gap:0", "gap:-1", "gap:nan", "gap:inf",
-                                  "never:3", "hourly"])
+                                  "never:3", "hourly", "sliding:100000000", "sliding:4097",
+                                  "window:" + "9" * 5000])
 def test_bad_policies_name_the_accepted_forms(text):
     with pytest.raises(ConfigError) as err:
         parse_reset(text)
@@ -143,3 +144,7 @@ def test_window_counts_each_lane_on_its_own(tiny_artifacts, stream):
 def test_sliding_needs_a_single_stream(tiny_artifacts):
     with pytest.raises(ConfigError, match="exactly 1 with sliding:3"):
         Engine.load(tiny_artifacts, lanes=2, reset="sliding:3")
+
+
+def test_the_largest_sliding_window_is_accepted():
+    assert parse_reset("sliding:4096") == ResetPolicy("sliding", n=4096)

@@ -11,6 +11,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -148,3 +149,12 @@ def test_cobs_device_that_never_reads_costs_replies_not_samples(tiny_artifacts, 
     assert status.get("link_overflow", 0) == 0 and status.get("link_dropped", 0) == 0
     assert status["link_writes"] + status["link_replies_dropped"] + status.get("link_write_errors", 0) >= n - 256
     assert took < TIMEOUT, took  # 50 ms per blocked reply would take minutes
+
+
+def test_a_huge_sliding_window_is_a_one_line_error(tiny_artifacts, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(tiny_artifacts),
+                             "--port", "loop://", "--state-dir", str(tmp_path / "state"),
+                             "--reset", "sliding:100000000"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "reset policy 'sliding:100000000' is not valid; use window:N" in result.stderr
+    assert "Traceback" not in result.stderr
