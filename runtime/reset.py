@@ -24,7 +24,8 @@ from runtime.errors import ConfigError
 
 MAX_SLIDING = 4096  # sliding:N steps N lanes per sample
 MAX_WINDOW = 1 << 31
-ACCEPTED = (f"window:N (1..{MAX_WINDOW}), sliding:N (1..{MAX_SLIDING}), gap:SECONDS (seconds > 0) or never")
+ACCEPTED = (f"window:N, sliding:N (N a positive integer, at most {MAX_SLIDING} for sliding), "
+            "gap:SECONDS (seconds > 0) or never")
 
 
 @dataclass(frozen=True)

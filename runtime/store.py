@@ -5,7 +5,9 @@ Files in the state directory::
     state.ckpt        the newest checkpoint (format: ``runtime.store_format``)
     state.ckpt.prev   the one before it (restored if the newest is unreadable)
     state.ckpt.tmp    a checkpoint being written; a leftover one is removed on restore
-    rejected/         checkpoints that failed a check, as <name>.<reason>.<UTC time>
+    rejected/         checkpoints that failed a check, as <name>.<reason>.<UTC time>, and
+                      anything but a regular file found under a checkpoint's name (a
+                      FIFO, a folder, a link, a device), as <name>.not-a-file.<UTC time>
     cleared/          checkpoints moved away by ``stepwise state clear``
 
 Crash safety: temp file + fsync + rename + directory fsync. A checkpoint is written
@@ -17,8 +19,10 @@ the two renames, absent while ``state.ckpt.prev`` holds the previous one); the C
 catches anything else. Nothing is ever deleted except leftover temp files: rejected and
 cleared checkpoints are moved aside.
 
-Write failures (ENOSPC, EROFS, EACCES, EIO, ...) are logged and counted and
-``checkpoint`` returns False: the engine keeps serving and the next checkpoint retries.
+Write failures (ENOSPC, EROFS, EACCES, EIO, ...) are counted and ``checkpoint`` returns
+False: the engine keeps serving and the next checkpoint retries. A failure is logged
+when it differs from the previous one (not once per attempt), and the first success
+after failures says how many there were.
 All file operations go through ``runtime.atomic.FileSystem`` so tests can inject faults
 and power cuts; the write itself is ``runtime.atomic.atomic_write_bytes``.
 One writer per state directory; not thread-safe.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -75,6 +80,7 @@ class StateStore:
         self.checkpoints = 0
         self.failures = 0
         self.last_error: str | None = None
+        self._failing = 0  # failed attempts since the last checkpoint written
         self.restored_from: Path | None = None
 
     # -- restore -------------------------------------------------------------------
@@ -86,6 +92,7 @@ class StateStore:
             log.info("no state directory %s: starting from fresh state", self.state_dir)
             return None
         self._remove_temp_files()
+        self._set_aside_odd_files()
         for name in (CURRENT, PREVIOUS):
             snapshot = self._load(name)
             if snapshot is not None:
@@ -134,13 +141,35 @@ class StateStore:
             return
         log.warning("checkpoint %s rejected (%s): moved to %s", path, error, dest)
 
+    def _set_aside_odd_files(self) -> None:
+        """Move aside anything but a regular file under a checkpoint's names: a FIFO
+        would block the read, a folder would fail every rename, a link may lead anywhere."""
+        for name in (CURRENT, PREVIOUS, TEMP):
+            path = self.state_dir / name
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.error("cannot look at %s: %s", path, e)
+                continue
+            if stat.S_ISREG(mode):
+                continue
+            what = _kind_of(mode)
+            try:
+                dest = move_aside(self.fs, self.state_dir, name, "not-a-file", REJECTED_DIR, self._wall())
+            except OSError as e:
+                log.error("%s is a %s, not a checkpoint file, and could not be moved aside: %s", path, what, e)
+                continue
+            log.warning("%s is a %s, not a checkpoint file: moved to %s", path, what, dest)
+
     def _remove_temp_files(self) -> None:
         try:
             names = self.fs.listdir(self.state_dir)
         except NotADirectoryError:
             raise ConfigError(f"state directory {self.state_dir} is not a directory") from None
         for name in names:
-            if name.endswith(TEMP_SUFFIX):
+            if name.endswith(TEMP_SUFFIX) and _is_regular(self.state_dir / name):
                 try:
                     self.fs.unlink(self.state_dir / name)
                     log.info("removed %s left over by an interrupted checkpoint",
@@ -177,7 +206,10 @@ class StateStore:
             self._discard_temp()
             return self._failed(f"checkpoint to {self.state_dir / CURRENT} failed: {e}")
         self.checkpoints += 1
-        self.last_error = None
+        if self.last_error is not None:
+            log.info("checkpoint written to %s again after %d failed attempt(s)",
+                     self.state_dir / CURRENT, self._failing)
+        self.last_error, self._failing = None, 0
         log.debug("checkpoint %d written to %s (%d bytes)", self.checkpoints,
                   self.state_dir / CURRENT, len(data))
         return True
@@ -185,6 +217,7 @@ class StateStore:
     def _commit(self, data: bytes) -> None:
         """Temp file, write, fsync, rotate, rename, directory fsync."""
         ensure_dir(self.fs, self.state_dir)
+        self._set_aside_odd_files()
         atomic_write_bytes(self.state_dir / CURRENT, data, fs=self.fs, previous=self.state_dir / PREVIOUS)
 
     def _discard_temp(self) -> None:
@@ -194,10 +227,13 @@ class StateStore:
             pass
 
     def _failed(self, message: str) -> bool:
+        """Count a failed checkpoint; log it only when it is not the same as the last one."""
         self.failures += 1
+        self._failing += 1
+        if message != self.last_error:
+            log.error("%s (failure %d; the engine keeps running and retries every %.0f s; "
+                      "the same failure again is not logged)", message, self.failures, self.interval)
         self.last_error = message
-        log.error("%s (failure %d; the engine keeps running, next attempt in %.0f s)",
-                  message, self.failures, self.interval)
         return False
 
     # -- inspect and clear ---------------------------------------------------------
@@ -220,6 +256,21 @@ class StateStore:
 
 
 # -- helpers shared with `stepwise state` ---------------------------------------------
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISLNK, "link"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
 def move_aside(fs: FileSystem, state_dir: Path, name: str, reason: str, subdir: str,
                wall: float) -> Path:
     """Rename ``state_dir/name`` to ``state_dir/subdir/<name>.<reason>.<UTC time>``."""
@@ -272,6 +323,8 @@ def describe_state_dir(state_dir: str | os.PathLike, *, models: Mapping[str, str
     for name in (CURRENT, PREVIOUS):
         if name in names:
             try:
+                if not _is_regular(state_dir / name):  # a FIFO would block the read
+                    raise OSError(f"{state_dir / name} is not a regular file")
                 data = fs.read_bytes(state_dir / name)
             except OSError as e:
                 data = e

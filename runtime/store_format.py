@@ -59,6 +59,10 @@ OTHER_MODEL = "other-model"
 WRONG_STATES = "wrong-states"
 WRONG_SHAPE = "wrong-shape"
 WRONG_LANES = "wrong-lanes"
+BAD_VALUES = "bad-values"  # a valid CRC over a non-finite or absurd timestamp or counter
+
+MAX_TIMESTAMP = 32503680000.0  # 3000-01-01: later is no clock reading
+MAX_COUNT = 2**63 - 1
 
 
 class CheckpointError(StateCorruptError):
@@ -199,10 +203,19 @@ def parse_checkpoint(data: bytes) -> Checkpoint:
     if reader.pos != header_len or lanes < 1 or raw_steps.max() >= 2**63:
         raise CheckpointError(MALFORMED, f"header layout is inconsistent (lanes {lanes}, "
                                          f"{header_len - reader.pos} bytes left over)")
+    _check_values(ts, samples)
     tensors = _tensors(data, header_len, payload_len, layout, lanes)
     return Checkpoint(version=version, model_sha256=sha.hex(), samples_seen=samples,
                       last_frame_seq=last_seq, timestamp=ts, steps=raw_steps.astype(np.int64),
                       layout=layout, tensors=tensors, extra=extra, nbytes=n)
+
+
+def _check_values(timestamp: float, samples: int) -> None:
+    """A timestamp is a clock reading (finite, 1970..3000); the sample count fits an int64."""
+    if not (math.isfinite(timestamp) and 0.0 <= timestamp <= MAX_TIMESTAMP):
+        raise CheckpointError(BAD_VALUES, f"timestamp {timestamp!r} is no clock reading")
+    if samples > MAX_COUNT:
+        raise CheckpointError(BAD_VALUES, f"samples seen {samples} is out of range")
 
 
 def _tensors(data: bytes, offset: int, payload_len: int, layout, lanes: int):

@@ -158,3 +158,17 @@ def test_a_huge_sliding_window_is_a_one_line_error(tiny_artifacts, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "reset policy 'sliding:100000000' is not valid; use window:N" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_fifo_where_the_checkpoint_should_be_does_not_block_start_up(tiny_artifacts, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(state / "state.ckpt")  # reading it would wait for a writer forever
+    port = Port(tmp_path / "ttyDEVICE")
+    d = Serve(tiny_artifacts, port.path, state)  # returns once the daemon logged "serving"
+    assert any("is a FIFO, not a checkpoint file: moved to" in line for line in d.log)
+    port.send(b"\n" + ROW * 3)
+    d.wait_records(3)
+    assert d.stop() == 0
+    assert (state / "state.ckpt").is_file()
+    assert [p.name.split(".not-a-file.")[0] for p in (state / "rejected").iterdir()] == ["state.ckpt"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import struct
@@ -25,9 +26,9 @@ from runtime.contract import StateSpec
 from runtime.errors import ConfigError, ContractError, StateCorruptError
 from runtime.snapshot import StateSnapshot
 from runtime.atomic import FileSystem
-from runtime.store import CURRENT, PREVIOUS, TEMP, StateStore
+from runtime.store import CURRENT, PREVIOUS, TEMP, StateStore, describe_state_dir
 from runtime.store_format import (
-    CRC_OFFSET, CheckpointError, decode_checkpoint, encode_checkpoint,
+    CRC_OFFSET, CheckpointError, decode_checkpoint, encode_checkpoint, parse_checkpoint,
 )
 
 SHA = hashlib.sha256(b"model A").hexdigest()
@@ -357,7 +358,7 @@ def test_write_failure_is_counted_and_the_next_checkpoint_retries(tmp_path, capl
     assert store.checkpoint(make_snapshot(3)) is False
     assert (store.checkpoints, store.failures) == (1, 2)
     assert os.strerror(code) in store.last_error
-    assert caplog.text.count("the engine keeps running") == 2
+    assert caplog.text.count("the engine keeps running") == 1  # the same failure is logged once
     assert not (tmp_path / TEMP).exists()
     restored = StateStore(tmp_path, SHA, SPECS).restore()
     if op == "fsync_dir":  # renamed before the failing directory fsync: the new one is there
@@ -451,3 +452,78 @@ def test_full_or_read_only_medium(medium, caplog, condition):
     medium.free() if condition == "disk full" else medium.read_only(False)
     assert store.checkpoint(make_snapshot(3)) and store.checkpoints == 2
     assert_same(StateStore(state, SHA, SPECS).restore(), make_snapshot(3))
+
+
+def test_failures_log_once_per_change_and_the_recovery_counts_them(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="runtime.store")
+    fs = FaultFS()
+    store = StateStore(tmp_path, SHA, SPECS, fs=fs)
+    fs.op, fs.code = "write", errno.ENOSPC
+    for i in range(10):
+        assert not store.checkpoint(make_snapshot(i + 1))
+    fs.code = errno.EIO  # another failure: logged
+    assert not store.checkpoint(make_snapshot(11))
+    fs.op = None
+    assert store.checkpoint(make_snapshot(12))
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and "No space left" in errors[0] and "Input/output error" in errors[1]
+    assert "again after 11 failed attempt(s)" in caplog.text
+    assert store.failures == 11
+
+
+@pytest.mark.parametrize("name", [CURRENT, PREVIOUS, TEMP])
+@pytest.mark.parametrize("odd", ["fifo", "folder", "folder with a file", "link out"])
+def test_anything_but_a_file_under_a_checkpoint_name_is_moved_aside(tmp_path, caplog, name, odd):
+    store = StateStore(tmp_path, SHA, SPECS)
+    assert store.checkpoint(make_snapshot(1)) and store.checkpoint(make_snapshot(2))
+    path = tmp_path / name
+    if path.exists():
+        path.unlink()
+    if odd == "fifo":
+        os.mkfifo(path)  # reading it would block start-up
+    elif odd == "link out":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+        if odd == "folder with a file":
+            (path / "x").write_bytes(b"x")
+    restored = StateStore(tmp_path, SHA, SPECS).restore()
+    assert restored is not None and restored.samples_seen in (1007, 2007)
+    assert "not a checkpoint file: moved to" in caplog.text
+    assert [p.name.split(".not-a-file.")[0] for p in (tmp_path / "rejected").iterdir()] == [name]
+    again = StateStore(tmp_path, SHA, SPECS)
+    assert again.checkpoint(make_snapshot(3)) and again.checkpoint(make_snapshot(4))
+    assert StateStore(tmp_path, SHA, SPECS).restore().samples_seen == 4007
+
+
+def test_a_folder_appearing_under_a_checkpoint_name_while_serving_is_moved_aside(tmp_path):
+    store = StateStore(tmp_path, SHA, SPECS)
+    assert store.checkpoint(make_snapshot(1)) and store.checkpoint(make_snapshot(2))
+    (tmp_path / PREVIOUS).unlink()
+    (tmp_path / PREVIOUS).mkdir()
+    (tmp_path / PREVIOUS / "x").write_bytes(b"x")  # a rename onto it would fail every time
+    assert store.checkpoint(make_snapshot(3)) and store.failures == 0
+    assert StateStore(tmp_path, SHA, SPECS).restore().samples_seen == 3007
+
+
+def test_state_show_of_a_fifo_does_not_block(tmp_path):
+    os.mkfifo(tmp_path / CURRENT)
+    info = describe_state_dir(tmp_path)
+    assert info["files"][0]["valid"] is False and "not a regular file" in info["files"][0]["error"]
+
+
+@pytest.mark.parametrize("timestamp", [float("nan"), float("inf"), -1.0, 1e300])
+def test_a_valid_crc_over_an_absurd_timestamp_is_rejected(tmp_path, timestamp):
+    store = StateStore(tmp_path, SHA, SPECS)
+    snap = make_snapshot(1)
+    data = bytearray(encode_checkpoint(snap, SHA, SPECS))
+    struct.pack_into("<d", data, 64, timestamp)
+    struct.pack_into("<I", data, 84, zlib.crc32(bytes(data[88:]), zlib.crc32(bytes(data[:84]))))
+    (tmp_path / CURRENT).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as e:
+        parse_checkpoint(bytes(data))
+    assert e.value.reason == "bad-values"
+    assert store.restore() is None
+    assert [p.name.split(".")[2] for p in (tmp_path / "rejected").iterdir()] == ["bad-values"]
+    info = describe_state_dir(tmp_path)  # what `state show --json` prints: strict JSON, no NaN
+    json.loads(json.dumps(info, allow_nan=False))
