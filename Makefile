@@ -100,6 +100,7 @@ bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	@$(MAKE) --no-print-directory tools
 	$(VENV)/bin/python -m bench.streams all --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python \
 		--streams 1000 --rates 50 --seconds 60 --clients libmosquitto,paho
+	$(DEVICE_VENV)/bin/python -m bench.fuzz --artifacts $(ARTIFACTS)
 
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info
