@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.daemon import Output
 from runtime.engine import Engine
 from runtime.events import Sample
 from runtime.lanes import LaneManager, StreamResult
+from runtime.output import Output
 from runtime.records import record_line
 from runtime.shard import ShardSpec, shard_dir
 from runtime.stream_format import StreamsSnapshot
@@ -147,13 +147,14 @@ class MultiDaemon:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: the write fails, counted
 
     # -- the loop --------------------------------------------------------------------
     def run(self, source) -> int:
         # the source's network thread and this loop hand the GIL to each other for every
         # burst of messages: switch often, or a burst waits out the 5 ms default per turn
         sys.setswitchinterval(SWITCH_INTERVAL)
-        out = Output(self.opts.output) if self.opts.output or self.opts.stdout else None
+        out = self.output = Output(self.opts.output) if self.opts.output or self.opts.stdout else None
         self.notifier.ready(self.status(source))
         log.info("serving up to %d streams (shard %s, reset %s); state in %s",
                  self.opts.max_streams, self.opts.shard, self.lanes.engine.policy,
@@ -265,4 +266,7 @@ class MultiDaemon:
                  "checkpoint_failures": sum(s.failures for s in self.stores.values())}
         if source is not None:
             parts |= {f"source_{k}": v for k, v in source.status().items()}
+        output = getattr(self, "output", None)
+        if output is not None:
+            parts |= {"output_errors": output.errors, "output_lost": output.lost}
         return " ".join(f"{k}={v}" for k, v in sorted(parts.items()))

@@ -172,3 +172,18 @@ def test_a_fifo_where_the_checkpoint_should_be_does_not_block_start_up(tiny_arti
     assert d.stop() == 0
     assert (state / "state.ckpt").is_file()
     assert [p.name.split(".not-a-file.")[0] for p in (state / "rejected").iterdir()] == ["state.ckpt"]
+
+
+def test_name_value_fields_and_reordered_headers_map_to_features_by_name(tiny_artifacts, tmp_path):
+    rows = [(0.25, -0.5, 0.125), (1.5, 0.0, -2.0), (0.75, 0.5, 0.25), (-1.0, 1.0, 0.0), (0.1, 0.2, 0.3)]
+    plain = b"".join(b"%r,%r,%r\n" % r for r in rows)
+    pairs = b"".join(b"az:%r ax:%r ay:%r\n" % (r[2], r[0], r[1]) for r in rows)
+    header = b"az,ax,ay\n" + b"".join(b"%r %r %r\n" % (r[2], r[0], r[1]) for r in rows)
+    port = Port(tmp_path / "ttyDEVICE")
+    d = Serve(tiny_artifacts, port.path, tmp_path / "state")
+    port.send(b"\n" + plain + b"#reset\n" + pairs + b"ax:1 ay:2\n#reset\n" + header)
+    d.wait_records(15)
+    assert d.stop() == 0
+    ys = [r["y"] for r in d.records]
+    assert ys[:5] == ys[5:10] == ys[10:15]
+    assert counters(d, "checkpoint written; ")["rejected_field_count"] == 1  # "az" missing
