@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from runtime.atomic import atomic_write_bytes
-from runtime.contract_check import OUTPUT_KINDS, SCHEMA_VERSION, check_manifest
+from runtime.contract_check import OUTPUT_KINDS, SCHEMA_VERSION, check_manifest  # noqa: F401 (re-exported)
 from runtime.errors import ContractError, ModelIntegrityError
 
 MANIFEST_NAME = "manifest.json"
@@ -279,7 +279,7 @@ def load_contract(artifacts: str | os.PathLike) -> ModelContract:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ContractError(f"{path} is not UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
         raise ContractError(f"{path} is not valid JSON: {e}") from None
     except RecursionError:
         raise ContractError(f"{path} is nested too deeply to be a manifest") from None

@@ -113,6 +113,7 @@ def write_manifest(folder: Path, raw: bytes) -> None:
     (b"{\"a\": " * 40 + b"1" + b"}" * 40, "nested more than 32 levels deep"),
     ("{\"schema_version\": 1, \"x\": \"\xe9\"}".encode("latin-1"), "is not UTF-8 (byte 28)"),
     (b"123", "manifest must be a JSON object, got int"),
+    (b"{\"schema_version\": " + b"1" * 5000 + b"}", "is not valid JSON: Exceeds the limit"),
     (b"{\"schema_version\": NaN}", "manifest field schema_version: must be an integer, got nan"),
     (b" " * (MAX_MANIFEST_BYTES + 1), f"more than the {MAX_MANIFEST_BYTES} allowed"),
 ])

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from test_serve import TIMEOUT, Port, Serve, _wait_checkpoint, _wait_lines
 
 from firmware_bridge import cobs
