@@ -75,7 +75,8 @@ MUTATIONS = {
     "std zero": (setter("input.std[0]", 0), "manifest field input.std[0]: must be a finite number above 0, got 0"),
     "mean a string": (setter("input.mean[2]", "0.1"), "manifest field input.mean[2]: must be a finite number, got '0.1'"),
     "states as an object": (setter("states", {}), "manifest field states: must be a list, got {}"),
-    "no states": (setter("states", []), "manifest field states: must have at least 1 entry"),
+    "no states": (setter("states", []), "the model's signature 'step' has input tensor(s) lstm_0_c, lstm_0_h, "
+                                        "lstm_1_c, lstm_1_h that the manifest does not declare"),
     "state kind": (setter("states[0].kind", "q"), "manifest field states[0].kind: must be one of h, c, ring, got 'q'"),
     "state shape": (setter("states[1].shape", [-8]),
                     "manifest field states[1].shape[0]: must be an integer 1..16777216, got -8"),
