@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.daemon import Output
+from runtime.output import Output
 from runtime.engine import Engine
 from runtime.events import Sample
 from runtime.lanes import LaneManager, StreamResult
