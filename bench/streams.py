@@ -215,6 +215,9 @@ def summarize(artifacts, pool, streams, rate, sent, records, warmup, cpu, wall, 
             worst = max(worst, float(np.abs(np.array([mine[i] for i in idx]) - want[idx]).max()))
             checked += len(idx)
     total_cpu = sum(cpu.values())
+    per_second = np.nanmax(np.where(np.isnan(got), -1, got).reshape(streams, -1, int(rate))
+                           .transpose(1, 0, 2).reshape(-1, streams * int(rate)), axis=1) \
+        if rate >= 1 and ticks % int(rate) == 0 else np.array([])
     return {
         "streams": streams, "rate_hz": rate, "seconds": ticks / rate, "sent": ticks * streams,
         "predictions": len(records), "missing": missing, "checked": checked,
@@ -226,6 +229,8 @@ def summarize(artifacts, pool, streams, rate, sent, records, warmup, cpu, wall, 
         "broker_share_of_measured_cpu": cpu["broker"] / total_cpu if total_cpu else None,
         "daemon_cores": cpu["daemon"] / wall, "daemon_rss_mb": rss,
         "metrics_lines": len(scraped.splitlines()),
+        "worst_seconds_ms": sorted(((float(v) * 1e3, k) for k, v in enumerate(per_second)),
+                                   reverse=True)[:5],
     }
 
 

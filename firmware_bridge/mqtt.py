@@ -134,6 +134,7 @@ class MqttSource:
                                   max_queued_publishes, self._on_message, self._on_ready,
                                   self._on_lost)
         self.client_kind = type(self.client).__name__
+        self.switch_interval = self.client.switch_interval  # the daemon loop's hint
 
     # -- lifetime ------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "MqttSource":

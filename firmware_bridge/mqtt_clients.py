@@ -27,6 +27,8 @@ CLIENTS = ("auto", "paho", "libmosquitto")
 
 
 class PahoClient:
+    switch_interval = 0.0005  # seconds: see runtime.multiserve (a Python network thread)
+
     def __init__(self, host: str, port: int, sub: str, client_id: str, keepalive: int,
                  max_queued: int, on_message: Callable, on_ready: Callable, on_lost: Callable):
         import paho.mqtt.client as mqtt
@@ -115,6 +117,8 @@ def libmosquitto():
 
 
 class MosquittoClient:
+    switch_interval = None  # the interpreter's default (a C network thread)
+
     def __init__(self, host: str, port: int, sub: str, client_id: str, keepalive: int,
                  max_queued: int, on_message: Callable, on_ready: Callable, on_lost: Callable):
         lib = libmosquitto()

@@ -394,14 +394,23 @@ class Engine:
 
     # -- one lane at a time (many streams) -----------------------------------------
     def lane_state(self, lane: int) -> StreamState:
-        """Lane ``lane``'s state as a ``StreamState`` (float32, a copy; a non-finite
-        state is reset first). ``samples`` is left 0: the caller counts per stream."""
-        if lane in self._nonfinite_lanes(None):
-            self._reset_lanes([lane], "nonfinite")
-        states = {s.spec.name: s.tin.to_real(s.vin[lane]).copy() for s in self._states}
+        """Lane ``lane``'s state as a ``StreamState`` (see ``lane_states``)."""
+        return self.lane_states([lane])[0]
+
+    def lane_states(self, lanes: list[int]) -> list[StreamState]:
+        """The given lanes' states as ``StreamState``s (float32 copies; a non-finite
+        state is reset first), with one look at every lane, not one per lane.
+        ``samples`` is left 0: the caller counts per stream."""
+        bad = set(self._nonfinite_lanes(None)) & set(lanes)
+        if bad:
+            self._reset_lanes(sorted(bad), "nonfinite")
+        real = {s.spec.name: s.tin.to_real(s.vin[lanes]) for s in self._states}
         sched = self.schedule
-        return StreamState(states, steps=int(sched.steps[lane]), seq=int(sched.seq[lane]),
-                           last_t=float(sched.last_t[lane]))
+        steps, seq, last_t = (sched.steps[lanes].tolist(), sched.seq[lanes].tolist(),
+                              sched.last_t[lanes].tolist())
+        return [StreamState({name: arr[k].copy() for name, arr in real.items()},
+                            steps=steps[k], seq=seq[k], last_t=last_t[k])
+                for k in range(len(lanes))]
 
     def load_lane(self, lane: int, state: StreamState | None) -> None:
         """Put ``state`` into lane ``lane`` (None: the zero state, step 0, sequence 0);

@@ -121,7 +121,7 @@ class LaneManager:
 
     def _grow(self, lanes: int) -> None:
         old = self.engine
-        states = [old.lane_state(lane) for lane in range(old.lanes)]
+        states = old.lane_states(list(range(old.lanes)))
         new = self.make_engine(lanes)
         for lane, state in enumerate(states):
             new.load_lane(lane, state)
@@ -231,8 +231,8 @@ class LaneManager:
     def stream_states(self) -> dict[str, StreamState]:
         """Every known stream's state by id (active ones read from their lanes)."""
         out = dict(self.parked)
-        for stream, lane in self.lane_of.items():
-            state = self.engine.lane_state(lane)
+        streams = list(self.lane_of)
+        for stream, state in zip(streams, self.engine.lane_states([self.lane_of[s] for s in streams])):
             state.samples = self.samples[stream]
             out[stream] = state
         return out

@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 8192  # events taken from the source per turn of the loop
 IDLE_CHECK = 1.0  # seconds between looks for idle streams
-SWITCH_INTERVAL = 0.0005  # seconds, the interpreter's thread switch interval while serving
 
 
 @dataclass(frozen=True)
@@ -151,9 +150,13 @@ class MultiDaemon:
 
     # -- the loop --------------------------------------------------------------------
     def run(self, source) -> int:
-        # the source's network thread and this loop hand the GIL to each other for every
-        # burst of messages: switch often, or a burst waits out the 5 ms default per turn
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        # a source whose network thread runs Python (paho-mqtt) hands the GIL to this loop
+        # for every burst of messages: it asks for a short switch interval, or a burst
+        # waits out the 5 ms default per turn; one whose thread is C (libmosquitto) only
+        # calls in per message and does better with the default
+        interval = getattr(source, "switch_interval", None)
+        if interval:
+            sys.setswitchinterval(interval)
         out = self.output = Output(self.opts.output) if self.opts.output or self.opts.stdout else None
         self.notifier.ready(self.status(source))
         log.info("serving up to %d streams (shard %s, reset %s); state in %s",

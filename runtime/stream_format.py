@@ -91,16 +91,21 @@ def encode_streams(snap: StreamsSnapshot, model_sha256: str, states: Sequence[St
 
 
 def _stacked(snap: StreamsSnapshot, ids: list[str], spec: StateSpec) -> np.ndarray:
-    out = np.empty((len(ids), *spec.shape), "<f4")
-    for k, sid in enumerate(ids):
-        arr = snap.streams[sid].states.get(spec.name)
-        if arr is None or tuple(np.shape(arr)) != tuple(spec.shape):
-            raise StateCorruptError(f"stream {sid!r}: state {spec.name!r} missing or not "
-                                    f"{list(spec.shape)}")
-        out[k] = arr
+    """``[streams, *shape]`` '<f4' of one state over ``ids``."""
+    if not ids:
+        return np.empty((0, *spec.shape), "<f4")
+    try:
+        out = np.array([snap.streams[sid].states[spec.name] for sid in ids], "<f4")
+    except (KeyError, ValueError):
+        out = None
+    if out is None or out.shape[1:] != tuple(spec.shape):
+        bad = next((sid for sid in ids if tuple(np.shape(snap.streams[sid].states.get(
+            spec.name))) != tuple(spec.shape)), "?")
+        raise StateCorruptError(f"stream {bad!r}: state {spec.name!r} missing or not "
+                                f"{list(spec.shape)}")
     if not np.isfinite(out).all():
         raise StateCorruptError(f"refusing to persist non-finite values in state {spec.name!r}")
-    return out
+    return out.reshape(len(ids), *spec.shape)
 
 
 def _name(text: str) -> bytes:
