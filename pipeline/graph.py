@@ -142,9 +142,9 @@ def _head_role(layer: keras.layers.Layer, has_time: bool, steps: int | None, aft
     if not has_time:  # after the head (or a last-step recurrent layer): only a no-op reshape
         if kind == "Flatten" or (kind == "Reshape" and len(layer.target_shape) == 1):
             return "identity"
+        if after_head:
+            raise refuse(layer, why + " a second time (the model already has a window head)", fix)
         raise refuse(layer, why, fix)
-    if after_head:
-        raise refuse(layer, why + " a second time (the model already has a window head)", fix)
     if steps is None:
         raise refuse(layer, why + _FIXED_WINDOW[0], _FIXED_WINDOW[1] + fix)
     units = int(layer.input.shape[-1])
