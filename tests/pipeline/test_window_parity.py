@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -180,3 +181,27 @@ def test_export_c_carries_window_layout_and_warmup_states(tmp_path):
     assert len(rows) == T
     values = np.array([float(v.strip().rstrip("f")) for v in rows[1].split(",") if v.strip()])
     assert values.shape == lane1.shape and np.abs(values - lane1).max() <= 1e-6
+
+
+def test_serve_streams_a_window_head_and_can_leave_warmup_out(tmp_path):
+    from tests.runtime.test_serve import Port, Serve
+
+    keras.utils.set_random_seed(6)
+    model = HEADS["flatten"]()
+    _artifacts(model, tmp_path)
+    stream = _data(m=2).reshape(-1, F)
+    lines = [(",".join(f"{v:.9g}" for v in row) + "\n").encode() for row in stream]
+    sent = np.array([[float(v) for v in line.split(b",")] for line in lines], np.float32)
+    ref = _keras_windows(model, sent)
+    for flag, first in (("--warmup", 0), ("--no-warmup", T - 1)):
+        port = Port(tmp_path / f"tty{flag}")
+        d = Serve(tmp_path, port.path, tmp_path / f"state{flag}", flag)
+        port.send(b"\n")  # the first line after opening is discarded
+        for line in lines:
+            port.send(line)
+        d.wait_records(len(lines) - first)
+        time.sleep(0.2)
+        assert d.stop() == 0
+        assert [r.get("warmup", False) for r in d.records] == [True] * (T - 1 - first) + [False] * (len(lines) - T + 1)
+        assert np.abs(np.array([r["y"] for r in d.records]) - ref[first:]).max() <= 1e-5
+        port.unplug()
