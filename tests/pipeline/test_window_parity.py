@@ -22,10 +22,10 @@ from pipeline import convert as conv  # noqa: E402
 from pipeline.build import _contract  # noqa: E402
 from pipeline.stepmodel import StepModel  # noqa: E402
 from runtime import contract as C  # noqa: E402
-from runtime.cli import cli  # noqa: E402
-from runtime.engine import Engine  # noqa: E402
-from runtime.errors import ConfigError  # noqa: E402
+from runtime.engine import Engine, warmup_payload  # noqa: E402
+from runtime.errors import ConfigError, ContractError  # noqa: E402
 from runtime.replay import replay  # noqa: E402
+from stepwise_cli.main import cli  # noqa: E402
 
 L = keras.layers
 T, F = 6, 3
@@ -169,7 +169,9 @@ def test_export_c_carries_window_layout_and_warmup_states(tmp_path):
 
     keras.utils.set_random_seed(4)
     contract = _artifacts(HEADS["flatten"](), tmp_path)
-    export_c(contract, tmp_path, tmp_path / "fw")
+    with pytest.raises(ContractError, match="warm-up states"):
+        export_c(contract, tmp_path, tmp_path / "fw")
+    export_c(contract, tmp_path, tmp_path / "fw", warmup_payload(tmp_path))
     header = (tmp_path / "fw" / "stepwise_model.h").read_text()
     assert "#define SW_MODEL_WINDOW_HEAD 1" in header and f"#define SW_MODEL_WARMUP_STEPS {T - 1}" in header
     ring = next(s for s in contract.states if s.kind == "ring")
