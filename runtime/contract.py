@@ -207,7 +207,6 @@ class ModelContract:
         try:
             version = d["schema_version"]
             inp = d["input"]
-            _check_window(d["window"])
             return cls(
                 schema_version=version,
                 tool=dict(d.get("tool", {})),
@@ -244,21 +243,6 @@ class ModelContract:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise ContractError(f"manifest is malformed: {type(e).__name__}: {e}") from None
-
-
-WINDOW_MODES = ("stream", "window_head")
-
-
-def _check_window(w: dict[str, Any]) -> None:
-    """The window's mode, length and warm-up fit together (``ContractError`` if not)."""
-    mode, length, warmup = w.get("mode", "stream"), w.get("length"), w.get("warmup", 0)
-    if mode not in WINDOW_MODES:
-        raise ContractError(f"manifest window.mode {mode!r} is not one of {', '.join(WINDOW_MODES)}")
-    if type(warmup) is not int or warmup < 0:
-        raise ContractError(f"manifest window.warmup {warmup!r} is not a non-negative integer")
-    if mode == "window_head" and (type(length) is not int or length < 1 or warmup != length - 1):
-        raise ContractError(f"manifest window: a window_head needs a positive integer length and "
-                            f"warmup = length - 1, got length={length!r} warmup={warmup!r}")
 
 
 def _variant_from_dict(name: str, v: dict[str, Any]) -> VariantSpec:

@@ -20,6 +20,8 @@ def test_window_head_needs_sliding_over_its_window(policy):
         check_policy(HEAD, parse_reset(policy))
     check_policy(HEAD, parse_reset("sliding:7"))
     check_policy(WindowSpec(length=7, reset="sliding:7"), parse_reset(policy))  # a plain stream: any
+    with pytest.raises(ConfigError, match="3 streams in one engine.*one --port"):
+        check_policy(HEAD, parse_reset("sliding:7"), streams=3)
 
 
 def test_each_lane_is_credited_the_zero_samples_that_complete_its_first_window():
@@ -42,7 +44,8 @@ def _manifest(window: dict) -> dict:
             "states": [{"name": "r", "input": "r", "output": "r_out", "shape": [7, 2], "layer": "flatten",
                         "kind": "ring", "warmup": 0}],
             "outputs": [{"name": "y", "kind": "linear", "units": 1, "labels": ["0"]}],
-            "window": window, "variants": {}, "default_variant": "float32"}
+            "window": window, "default_variant": "float32",
+            "variants": {"float32": {"file": "step_float32.tflite", "sha256": "0" * 64, "bytes": 100, "tensors": {}}}}
 
 
 def test_manifest_window_mode_and_warmup_are_checked():
@@ -53,7 +56,11 @@ def test_manifest_window_mode_and_warmup_are_checked():
     assert (old.window.mode, old.window.warmup, old.states[0].warmup) == ("stream", 0, 0)
     for bad, text in (({"mode": "future"}, "window.mode"), ({"warmup": -1}, "window.warmup"),
                       ({"mode": "window_head", "warmup": 3}, "warmup = length - 1"),
-                      ({"mode": "window_head", "length": None, "warmup": 6}, "positive integer length")):
+                      ({"mode": "window_head", "length": None, "warmup": 6}, "needs a length")):
         with pytest.raises(ContractError, match=text):
             ModelContract.from_dict(_manifest({"length": 7, "reset": "sliding:7", **bad}))
+    bad_state = _manifest({"length": 7, "reset": "sliding:7"})
+    bad_state["states"][0]["warmup"] = -2
+    with pytest.raises(ContractError, match=r"states\[0\]\.warmup"):
+        ModelContract.from_dict(bad_state)
     assert np.array_equal(lane_offsets(1, 0), [0])
