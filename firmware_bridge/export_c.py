@@ -236,6 +236,7 @@ typedef struct {
     uint32_t shape[SW_MODEL_MAX_RANK]; /* batch axis excluded; unused entries 0 */
     uint32_t elements;
     uint32_t offset; /* byte offset in the float32 state payload (manifest order) */
+    uint32_t warmup; /* steps after a reset that leave it as it is (a valid convolution fills) */
 } sw_state_info;
 
 typedef struct {
@@ -272,7 +273,13 @@ _USAGE = """\
  *   v->input->scale/zero_point if it is, into interpreter.input(v->input->position);
  *   Invoke(); then for every state s: interpreter.output(v->states[s].out->position)
  *   into interpreter.input(v->states[s].in->position), requantized when their
- *   dtype/scale/zero_point differ. Reset: write real 0 (the zero point) into each.
+ *   dtype/scale/zero_point differ, except in the first sw_model_states[s].warmup
+ *   steps after a reset. Reset: write real 0 (the zero point) into each.
+ * Window head (SW_MODEL_WINDOW_HEAD 1): run SW_MODEL_WINDOW_LENGTH lanes (batch rows)
+ *   on the same samples; before sample k reset lane k % T, after it read lane
+ *   (k + 1) % T. A full reset puts lane j in the float32 state payload
+ *   sw_model_warmup_states[j] (the state after (T - j) % T zero samples): the first
+ *   SW_MODEL_WARMUP_STEPS outputs are then the model on zero-left-padded windows.
  * Persistence (stepwise_state.h): dequantize state s to float32 at byte
  *   sw_model_states[s].offset of a SW_MODEL_STATES_FLOAT_BYTES payload; tag it with
  *   v->sha256; size the slots with SW_STATE_SLOT_BYTES(SW_MODEL_STATES_FLOAT_BYTES, ...)."""
@@ -295,6 +302,9 @@ def _model_section(c: ModelContract) -> str:
              f"#define SW_MODEL_FEATURES {inp.features}",
              f"#define SW_MODEL_WINDOW_LENGTH {c.window.length or 0} /* 0: none */",
              f"#define SW_MODEL_RESET_POLICY {c_string(c.window.reset)}",
+             f"#define SW_MODEL_WINDOW_MODE {c_string(c.window.mode)}",
+             f"#define SW_MODEL_WINDOW_HEAD {int(c.window.mode == 'window_head')}",
+             f"#define SW_MODEL_WARMUP_STEPS {c.window.warmup} /* outputs after a reset from padded windows */",
              f"#define SW_MODEL_NUM_STATES {len(states)}",
              f"#define SW_MODEL_MAX_RANK {_max_rank(c)}",
              f"#define SW_MODEL_STATES_ELEMENTS {total}",
@@ -324,7 +334,7 @@ def _tables_section(c: ModelContract) -> list[str]:
         shape = list(s.shape) + [0] * (_max_rank(c) - len(s.shape))
         names = ", ".join(c_string(v) for v in (s.name, s.input, s.output, s.layer, s.kind))
         rows.append(f"{names}, {_dtype(s.dtype)}, {len(s.shape)}, {{{', '.join(map(str, shape))}}}, "
-                    f"{s.size}, {offset}")
+                    f"{s.size}, {offset}, {s.warmup}")
         offset += 4 * s.size
     out = [_table("static const char *const sw_model_feature_names[SW_MODEL_FEATURES]",
                   c_array(map(c_string, inp.feature_names)))]
@@ -381,9 +391,16 @@ def _variant_section(c: ModelContract, spec: VariantSpec, bound: dict[str, Bindi
     return out, row
 
 
-def model_header(contract: ModelContract, bindings: dict[str, tuple[dict[str, Binding], int]]) -> str:
-    """The text of ``stepwise_model.h``; ``bindings``: variant -> (its bindings, operator count)."""
+def model_header(contract: ModelContract, bindings: dict[str, tuple[dict[str, Binding], int]],
+                 warm=None) -> str:
+    """The text of ``stepwise_model.h``; ``bindings``: variant -> (its bindings, operator count);
+    ``warm``: a window head's lane states after a full reset ``[T, states elements]``."""
     parts, rows = [_model_section(contract), _TYPES.rstrip(), *_tables_section(contract)], []
+    if warm is not None:
+        body = ",\n".join("    {\n" + c_array(map(c_float, row), per_line=6, indent="        ") + "\n    }"
+                          for row in warm)
+        parts.append(_table("static const float sw_model_warmup_states[SW_MODEL_WINDOW_LENGTH]"
+                            "[SW_MODEL_STATES_ELEMENTS]", body))
     for name, spec in contract.variants.items():
         sections, row = _variant_section(contract, spec, *bindings[name])
         parts += sections
@@ -397,10 +414,14 @@ def model_header(contract: ModelContract, bindings: dict[str, tuple[dict[str, Bi
 
 
 def export_c(contract: ModelContract, artifacts_dir: str | os.PathLike,
-             out_dir: str | os.PathLike | None = None) -> list[Path]:
+             out_dir: str | os.PathLike | None = None, warm=None) -> list[Path]:
     """Write the firmware files for every variant into ``out_dir`` (default
     ``<artifacts_dir>/firmware``); returns their paths. Each model file must match the
-    manifest's sha256 (``ModelIntegrityError`` otherwise)."""
+    manifest's sha256 (``ModelIntegrityError`` otherwise). A window-head model needs
+    ``warm``, its lanes' states after a reset ``[T, states elements]``
+    (``runtime.engine.warmup_payload``)."""
+    if contract.window.mode == "window_head" and warm is None:
+        raise ContractError("a window_head model's firmware files need its warm-up states")
     out = Path(out_dir) if out_dir is not None else Path(artifacts_dir) / "firmware"
     files: dict[str, str] = {}
     bindings = {}
@@ -410,7 +431,7 @@ def export_c(contract: ModelContract, artifacts_dir: str | os.PathLike,
         origin = f"{spec.file} (sha256 {spec.sha256})"
         files[f"{name}_model_data.h"], files[f"{name}_model_data.cc"] = model_data_sources(
             name, model, origin)
-    files[HEADER_NAME] = model_header(contract, bindings)
+    files[HEADER_NAME] = model_header(contract, bindings, warm)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for fname, text in files.items():

@@ -32,6 +32,7 @@ from pipeline.train import TrainResult, save_history, train
 from pipeline.verify import verify_all
 from runtime import contract as C
 from runtime.atomic import atomic_write_bytes
+from runtime.engine import warmup_payload
 from runtime.errors import DataError, VerificationError
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def _phase(what: str) -> None:
 def _check_step_parity(model: keras.Model, step: StepModel, sp: Split) -> None:
     X = sp.X_test[:64]
     ref = keras_sequence_outputs(model, X)
-    ys, _, _ = step.rollout(X)
+    ys = step.reference_rollout(X)
     err = float(np.abs(ys - ref).max())
     log.info("step model vs Keras (TensorFlow, before conversion): max |dy| %.2e", err)
     if err > STEP_PARITY_TF:
@@ -139,7 +140,7 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     contract = _contract(step, sp, variants, default="float32" if "float32" in passed else passed[0])
     C.write_contract(contract, stage)
     _phase("exporting the firmware files")
-    export_c(contract, stage)
+    export_c(contract, stage, warm=warmup_payload(stage) if step.window_head else None)
     return contract, results
 
 
@@ -186,7 +187,7 @@ def _contract(step: StepModel, sp: Split, variants: dict[str, C.VariantSpec], de
                           mean=tuple(float(v) for v in sp.mean), std=tuple(float(v) for v in sp.std)),
         states=tuple(step.states),
         outputs=(C.OutputSpec(name=OUTPUT_NAME, kind=step.output_kind, units=units, labels=labels),),
-        window=C.WindowSpec(length=sp.steps, reset=f"sliding:{sp.steps}"),
+        window=step.window_spec(sp.steps),
         variants=variants,
         default_variant=default,
     )

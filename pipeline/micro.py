@@ -94,6 +94,7 @@ def micro_outputs(contract: ModelContract, artifacts_dir: str | os.PathLike, var
                         for n, b in bound.items()},
             "x": contract.input.name, "y": contract.output.name,
             "states": [[s.input, s.output] for s in contract.states],
+            "warmup": [s.warmup for s in contract.states],
             "carry": carry, "find_arena": find_arena}
     X = normalise(contract, X_raw)
     with tempfile.TemporaryDirectory(prefix="stepwise-micro-") as tmp:
@@ -139,8 +140,9 @@ def _collect(work: Path, code: int | None, variant: str) -> MicroRun:
 
 
 def engine_outputs(artifacts_dir: str | os.PathLike, variant: str, X_raw) -> np.ndarray:
-    """The runtime engine's outputs ``[m, T, units]``, each sequence from a reset state."""
-    engine = Engine.load(artifacts_dir, variant=variant, lanes=1, reset="never")
+    """The runtime engine's outputs ``[m, T, units]``, each sequence from a zero state
+    (raw steps: the step model itself, as TFLite Micro runs it)."""
+    engine = Engine.load(artifacts_dir, variant=variant, lanes=1, reset="never", raw=True)
     return replay(engine, np.asarray(X_raw, np.float32)).as_array()
 
 
@@ -260,7 +262,8 @@ def _run_all(interp, plan: dict, X: np.ndarray) -> np.ndarray:
             for (ti, _), value in zip(pairs, state if plan["carry"] else zeros):
                 interp.set_input(value, ti["position"])
             interp.invoke()
-            state = [_to_raw(ti, _to_real(to, interp.get_output(to["position"]))) for ti, to in pairs]
+            state = [_to_raw(ti, _to_real(to, interp.get_output(to["position"]))) if t >= w else old
+                     for (ti, to), w, old in zip(pairs, plan.get("warmup", [0] * len(pairs)), state)]
             out[i, t] = _to_real(y, interp.get_output(y["position"])).ravel()
     return out
 

@@ -79,17 +79,21 @@ def long_stream(X: np.ndarray, steps: int, seed: int) -> np.ndarray:
 def engine_outputs(artifacts: Path, variant: str, X_raw: np.ndarray) -> tuple[np.ndarray, float, str]:
     """Run raw (un-normalised) sequences ``[m, T, F]`` through the runtime engine.
 
-    Each sequence from a reset state through a single-lane engine, one sample at a time
-    (``runtime.replay.replay``, what the device does): ``[m, T, units]``. Also returns the
-    median per-step time (microseconds) and the backend name.
+    Each sequence from a reset state through a single-stream engine, one sample at a time
+    (``runtime.replay.replay``, what the device does): ``[m, T, units]``. A window-head
+    model runs under its ``sliding:T``, each sequence from a full reset (zero-padded
+    warm-up first). Also returns the median per-step time (microseconds) and the backend
+    name.
     """
-    engine = Engine.load(artifacts, variant=variant, lanes=1, reset="never")
+    reset = None if load_contract(artifacts).window.mode == "window_head" else "never"
+    engine = Engine.load(artifacts, variant=variant, lanes=1, reset=reset)
     ys = replay(engine, X_raw).as_array()
-    return ys, _latency_us(artifacts, variant, X_raw), engine.backend
+    return ys, _latency_us(artifacts, variant, X_raw, reset=reset), engine.backend
 
 
-def _latency_us(artifacts: Path, variant: str, X_raw: np.ndarray, steps: int = 2000) -> float:
-    engine = Engine.load(artifacts, variant=variant, lanes=1, reset="never")
+def _latency_us(artifacts: Path, variant: str, X_raw: np.ndarray, steps: int = 2000,
+                reset: str | None = "never") -> float:
+    engine = Engine.load(artifacts, variant=variant, lanes=1, reset=reset)
     flat = X_raw.reshape(-1, X_raw.shape[-1])
     times = np.empty(steps)
     for i in range(steps):

@@ -15,7 +15,7 @@ Layout (``schema_version`` 1)::
       "states": [{"name": "lstm_h", "input": "lstm_h", "output": "lstm_h_out",
                   "shape": [32], "dtype": "float32", "layer": "lstm", "kind": "h"}, ...],
       "outputs": [{"name": "y", "kind": "sigmoid", "units": 1, "labels": ["0", "1"]}],
-      "window": {"length": 7, "reset": "window:7"},
+      "window": {"length": 7, "reset": "sliding:7", "mode": "stream", "warmup": 0},
       "variants": {"float32": {"file": "step_float32.tflite", "sha256": "...", "bytes": 1234,
                                "quantization": {...}, "tensors": {"x": {...}, ...},
                                "verification": {...}, "passed": true}, ...},
@@ -87,8 +87,9 @@ class StateSpec:
     output: str
     shape: tuple[int, ...]
     layer: str
-    kind: str  # "h", "c" or "ring" (a causal convolution's input history)
+    kind: str  # "h", "c" or "ring" (a convolution's input history, a window head's outputs)
     dtype: str = "float32"
+    warmup: int = 0  # steps after a reset that leave it as it is (a valid convolution below fills)
 
     @property
     def size(self) -> int:
@@ -158,8 +159,14 @@ class VariantSpec:
 
 @dataclass(frozen=True)
 class WindowSpec:
+    """``mode`` ``"stream"``: one output per prefix; ``"window_head"``: the head reads a
+    fixed window of ``length`` steps, streamed exactly under ``sliding:length``.
+    ``warmup``: outputs after a reset that come from a zero-left-padded window."""
+
     length: int | None
     reset: str
+    mode: str = "stream"
+    warmup: int = 0
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,7 @@ class ModelContract:
                         name=s["name"], input=s["input"], output=s["output"],
                         shape=tuple(int(v) for v in s["shape"]), layer=s["layer"],
                         kind=s["kind"], dtype=s.get("dtype", "float32"),
+                        warmup=int(s.get("warmup", 0)),
                     )
                     for s in d["states"]
                 ),
@@ -225,7 +233,9 @@ class ModelContract:
                                labels=tuple(str(v) for v in o["labels"]))
                     for o in d["outputs"]
                 ),
-                window=WindowSpec(length=d["window"].get("length"), reset=d["window"]["reset"]),
+                window=WindowSpec(length=d["window"].get("length"), reset=d["window"]["reset"],
+                                  mode=str(d["window"].get("mode", "stream")),
+                                  warmup=int(d["window"].get("warmup", 0))),
                 variants={k: _variant_from_dict(k, v) for k, v in d["variants"].items()},
                 default_variant=str(d["default_variant"]),
             )

@@ -150,10 +150,7 @@ def check_manifest(data: Any) -> None:
     unique("states", [s["input"] for s in states] + [s["output"] for s in states])
     outputs = items(data, "", "outputs", lambda p, v: _output(p, obj(p, v)), minimum=1)
     unique("outputs", [o["name"] for o in outputs])
-    window = get(data, "", "window", dict)
-    if window.get("length") is not None:
-        integer(window, "window", "length", 1, 1 << 31)
-    text(window, "window", "reset")
+    _window(get(data, "", "window", dict))
     variants = get(data, "", "variants", dict)
     if not variants:
         raise fail("variants", "must name at least one variant")
@@ -162,6 +159,22 @@ def check_manifest(data: Any) -> None:
     default = text(data, "", "default_variant")
     if default not in variants:
         raise fail("default_variant", f"{default!r} is not one of the variants ({', '.join(variants)})")
+
+
+WINDOW_MODES = ("stream", "window_head")
+
+
+def _window(window: dict) -> None:
+    """Length, reset, and a window head's mode and warm-up (``length - 1`` outputs)."""
+    length = None
+    if window.get("length") is not None:
+        length = integer(window, "window", "length", 1, 1 << 31)
+    text(window, "window", "reset")
+    mode = text(window, "window", "mode", WINDOW_MODES) if "mode" in window else "stream"
+    warmup = integer(window, "window", "warmup", 0, 1 << 31, optional=True)
+    if mode == "window_head" and (length is None or warmup != length - 1):
+        raise fail("window", f"a window_head needs a length and warmup = length - 1, got "
+                             f"length {length} and warmup {warmup}")
 
 
 def _input(inp: dict) -> None:
@@ -179,6 +192,7 @@ def _state(path: str, s: dict) -> None:
     for key in ("name", "input", "output", "layer"):
         text(s, path, key)
     text(s, path, "kind", STATE_KINDS)
+    integer(s, path, "warmup", 0, 1 << 31, optional=True)
     shape = items(s, path, "shape", dimension, minimum=1)
     if math.prod(shape) > MAX_ELEMENTS:
         raise fail(f"{path}.shape", f"holds more than {MAX_ELEMENTS} values")

@@ -45,6 +45,7 @@ class ServeOptions:
     reply: bool = False  # text mode: a "p=... c=..." line back per sample (cobs always replies)
     status_interval: float = 60.0
     backend: str | None = None
+    warmup: bool = True  # False: warm-up outputs (zero-padded windows) are not written
 
 
 class Daemon:
@@ -151,6 +152,8 @@ class Daemon:
         extra = f', "t": {round(time.time(), 6)!r}'
         if event.seq is not None:
             extra += f', "frame": {event.seq}'
+        if pred.warmup and not self.opts.warmup:
+            return None
         if self.opts.protocol == "cobs" or self.opts.reply:
             y = pred.y
             source.write_prediction(y.tolist(), self.contract.output.class_of(y), pred.label, seq=event.seq)

@@ -31,6 +31,7 @@ from runtime.errors import ConfigError, ContractError, DataError, StateCorruptEr
 from runtime.reset import ResetPolicy, ResetSchedule, parse_reset
 from runtime.snapshot import StateSnapshot
 from runtime.stream_state import StreamState
+from runtime.window import carry_mask, check_policy, lane_offsets, warm_states
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class Prediction:
     ``y`` ``[units]`` float32; ``step`` counts the samples behind ``y`` since the last
     reset (1 right after one); ``seq`` counts the lane's resets since load; ``reset``
     names why the lane was reset just before this sample (``"window"``, ``"gap"``);
-    ``fault`` is ``"nonfinite_state"`` when the state after it was non-finite and reset.
+    ``fault`` is ``"nonfinite_state"`` when the state after it was non-finite and reset;
+    ``warmup`` marks an output from a zero-left-padded window (fewer samples since the
+    reset than the model's window head or valid convolution needs).
     """
 
     y: np.ndarray
@@ -60,6 +63,7 @@ class Prediction:
     output: OutputSpec = field(repr=False)
     reset: str | None = None
     fault: str | None = None
+    warmup: bool = False
 
     @property
     def label(self) -> str:
@@ -79,13 +83,15 @@ class LanePredictions:
     rejected: np.ndarray
     faults: np.ndarray
     output: OutputSpec = field(repr=False)
+    warmup: np.ndarray | None = None  # [lanes] bool: zero-padded warm-up outputs
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def __getitem__(self, lane: int) -> Prediction:
         return Prediction(self.y[lane], int(self.steps[lane]), lane, int(self.seq[lane]),
-                          self.output, fault="nonfinite_state" if self.faults[lane] else None)
+                          self.output, fault="nonfinite_state" if self.faults[lane] else None,
+                          warmup=bool(self.warmup[lane]) if self.warmup is not None else False)
 
     def labels(self) -> list[str]:
         return [self.output.label_of(row) for row in self.y]
@@ -109,15 +115,19 @@ class Engine:
     """Runs a step model: ``Engine.load(artifacts_dir, ...)`` then ``step(sample)``.
 
     ``streams`` independent streams (``lanes=`` at load) occupy ``lanes`` lanes of the
-    batch: one each, or N each under ``sliding:N`` (then only one stream).
+    batch: one each, or N each under ``sliding:N`` (then only one stream). A window-head
+    model runs only under ``sliding:T``; ``raw=True`` steps any model under any policy
+    from zero states, with no warm-up states (a check of the step model itself).
     """
 
     def __init__(self, contract: ModelContract, model: LoadedModel, variant: str,
-                 lanes: int = 1, reset: str | ResetPolicy = "never"):
+                 lanes: int = 1, reset: str | ResetPolicy = "never", raw: bool = False):
         self.contract = contract
         self.variant = variant
         self.model_sha256 = contract.variant(variant).sha256
         self.policy = parse_reset(reset)
+        if not raw:
+            check_policy(contract.window, self.policy, lanes)
         if lanes < 1 or (self.policy.kind == "sliding" and lanes != 1):
             raise ConfigError(f"lanes={lanes}: need >= 1, and exactly 1 with {self.policy}")
         self.streams = lanes
@@ -129,13 +139,19 @@ class Engine:
         self.resets: collections.Counter[str] = collections.Counter()
         self.rejected = 0
         self._model = model
+        self._offset = np.zeros(self.lanes, np.int64)  # zero samples credited per lane
+        self._warm: list[np.ndarray] | None = None
+        self._warmup_n = int(contract.window.warmup)
         self._bind(contract, model)
         self._clear(list(range(self.lanes)))
+        if contract.window.mode == "window_head" and not raw:
+            self._warm = warm_states(self._states, self._invoke, self._zero_sample, self.lanes)
+            self._clear(list(range(self.lanes)))
 
     @classmethod
     def load(cls, artifacts_dir: str | os.PathLike, variant: str | None = None, lanes: int = 1,
              reset: str | None = None, backend: str | None = None,
-             num_threads: int | None = None) -> "Engine":
+             num_threads: int | None = None, raw: bool = False) -> "Engine":
         """Read the manifest, check the model file's sha256, bind tensors by name.
 
         ``reset`` defaults to the manifest's ``window.reset``; ``backend`` to the first
@@ -148,7 +164,8 @@ class Engine:
         check_tensors(model, spec.tensors,
                       [contract.input.name] + [s.input for s in contract.states],
                       [o.name for o in contract.outputs] + [s.output for s in contract.states])
-        engine = cls(contract, model, spec.name, lanes=lanes, reset=reset or contract.window.reset)
+        engine = cls(contract, model, spec.name, lanes=lanes, reset=reset or contract.window.reset,
+                     raw=raw)
         log.info("engine: %s (%s), %d lane(s), reset %s", spec.file, spec.name, engine.lanes,
                  engine.policy)
         return engine
@@ -227,8 +244,11 @@ class Engine:
         subtract, divide, vdot, isfinite = np.subtract, np.divide, np.vdot, math.isfinite
         mean, std, row, first = self._mean, self._std, self._xrow, self._xbuf[0]
         xq, xbuf, xv, invoke = self._xq, self._xbuf, self._xv, self._invoke
-        plain = tuple((s.vin, s.vout) for s in self._states if s.cast is None)
-        casts = tuple((s.vin, s.vout, s.cast) for s in self._states if s.cast is not None)
+        plain = tuple((s.vin, s.vout) for s in self._states if s.cast is None and not s.spec.warmup)
+        casts = tuple((s.vin, s.vout, s.cast) for s in self._states
+                      if s.cast is not None and not s.spec.warmup)
+        gated = tuple(s for s in self._states if s.spec.warmup)
+        offset, warm_n = self._offset, self._warmup_n
         zeros = tuple((s.vin, s.zero) for s in self._states)
         sched, out, yv, ydq = self.schedule, self._out, self._yv, self._ydq
         steps, seq, timed, sliding = sched.steps, sched.seq, sched.timed, self.lanes > 1
@@ -248,6 +268,7 @@ class Engine:
                 cleared, lane = sched.sliding_turn()
                 for vin, zero in zeros:
                     vin[cleared] = zero
+                offset[cleared] = 0
             elif timed and sched.due(t):
                 reason = self.policy.kind
                 self._reset_lanes([0], reason)
@@ -258,6 +279,8 @@ class Engine:
                 vin[...] = vout
             for vin, vout, cast in casts:
                 cast(vout, out=vin)
+            if gated:
+                self._carry_gated(gated, steps + offset + 1, None)
             if sliding:
                 add(steps, ones, out=steps)
                 n = steps.item(lane)
@@ -266,7 +289,7 @@ class Engine:
                 steps[0] = n
             self.samples_seen += 1
             y = yv[lane].copy() if ycheck else ydq(yv)[lane].copy()
-            pred = Prediction(y, n, 0, seq.item(lane), out, reason)
+            pred = Prediction(y, n, 0, seq.item(lane), out, reason, warmup=n <= warm_n)
             countdown -= 1
             if countdown <= 0 or (ycheck and not isfinite(vdot(y, y))):
                 countdown = every
@@ -304,7 +327,11 @@ class Engine:
             self._xq(xb, out=self._xv)
         self._invoke()
         everyone = bool(mask.all())
+        age = self.schedule.steps + self._offset + 1
         for s in self._states:
+            if s.spec.warmup:
+                self._carry_gated([s], age, mask)
+                continue
             src = s.vout if s.cast is None else s.cast(s.vout)
             if everyone:
                 s.vin[...] = src
@@ -323,8 +350,24 @@ class Engine:
         if bad:
             faults[bad] = True
             self._reset_lanes(bad, "nonfinite")
-        return LanePredictions(y, self.schedule.steps.copy(), self.schedule.seq.copy(), mask,
-                               rejected, faults, self._out)
+        steps = self.schedule.steps.copy()
+        return LanePredictions(y, steps, self.schedule.seq.copy(), mask, rejected, faults,
+                               self._out, warmup=steps <= self._warmup_n)
+
+    def _carry_gated(self, states, age: np.ndarray, mask: np.ndarray | None) -> None:
+        """Carry states with a ``warmup`` only in lanes past it (``age`` ``[lanes]``: samples
+        since reset after this step) and in ``mask``."""
+        for s in states:
+            keep = carry_mask(age, s.spec.warmup) if mask is None else carry_mask(age, s.spec.warmup) & mask
+            src = s.vout if s.cast is None else s.cast(s.vout)
+            np.copyto(s.vin, src, where=keep.reshape((-1,) + (1,) * len(s.spec.shape)))
+
+    def _zero_sample(self) -> None:
+        """A zero sample (in the model's normalised input space) into every lane."""
+        if self._xq is None:
+            self._xv[...] = 0.0
+        else:
+            self._xq(np.zeros_like(self._xbuf), out=self._xv)
 
     def _nonfinite_lanes(self, mask: np.ndarray | None) -> list[int]:
         """The lanes (of ``mask``, or all) whose carried state (the state inputs, after
@@ -359,9 +402,12 @@ class Engine:
                     "reset lane(s) %s (%s)", lanes, reason)
 
     def _clear(self, lanes: list[int]) -> None:
-        """Write the zero state into the given lanes' state inputs."""
-        for s in self._states:
-            s.vin[lanes] = s.zero
+        """Write the zero state into the given lanes' state inputs; a full reset of a
+        window-head stream writes each lane's warm-up state (``runtime.window``)."""
+        full = self._warm is not None and len(lanes) == self.lanes
+        for k, s in enumerate(self._states):
+            s.vin[lanes] = self._warm[k][lanes] if full else s.zero
+        self._offset[lanes] = lane_offsets(self.lanes, 0)[lanes] if full else 0
 
     # -- snapshots -----------------------------------------------------------------
     def snapshot(self) -> StateSnapshot:
@@ -389,6 +435,8 @@ class Engine:
             s.tin.to_raw(np.asarray(snap.states[s.spec.name]), s.vin)
         last_ms = snap.extra.get("last_sample_ms")
         self.schedule.restore(snap.steps, None if last_ms is None else last_ms / 1000.0)
+        if self._warm is not None:
+            self._offset[:] = lane_offsets(self.lanes, self.schedule.phase)
         self.samples_seen = int(snap.samples_seen)
         self.last_frame_seq = int(snap.last_frame_seq)
 
@@ -433,3 +481,15 @@ class Engine:
 
 # A plain float tensor: the "real" side of AffineCast.between.
 _REAL = BoundTensor(name="real", index=-1, shape=(), dtype=np.dtype(np.float32))
+
+
+def warmup_payload(artifacts_dir: str | os.PathLike) -> np.ndarray | None:
+    """A window-head model's lane states after a full reset, as this engine puts them
+    (default variant, dequantized), in the manifest's state order: ``[T, state elements]``
+    float32 (what ``export-c`` writes for firmware); None for other models."""
+    engine = Engine.load(artifacts_dir)
+    if engine._warm is None:
+        return None
+    snap = engine.snapshot()
+    return np.concatenate([np.asarray(snap.states[s.name], np.float32).reshape(engine.lanes, -1)
+                           for s in engine.contract.states], axis=1)

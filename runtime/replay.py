@@ -112,6 +112,7 @@ class ReplayOptions:
     variant: str | None = None
     reset: str | None = None
     backend: str | None = None
+    warmup: bool = True  # False: warm-up outputs (zero-padded windows) are left out
 
 
 def run_replay(opts: ReplayOptions, out: TextIO) -> int:
@@ -124,6 +125,8 @@ def run_replay(opts: ReplayOptions, out: TextIO) -> int:
     data = read_sequences(opts.input_file)
     engine = Engine.load(opts.artifacts, variant=opts.variant, reset=opts.reset, backend=opts.backend)
     for i, seq, pred in iter_replay(engine, data, reset_between=opts.reset is None):
+        if pred.warmup and not opts.warmup:
+            continue
         out.write(json.dumps(prediction_record(i, seq, pred)) + "\n")
     out.flush()
     log.info("replayed %d samples in %d sequence(s) from %s", engine.samples_seen, len(data),

@@ -7,6 +7,7 @@ import click
 
 from firmware_bridge.export_c import export_c
 from runtime.contract import load_contract
+from runtime.engine import warmup_payload
 
 
 @click.command("export-c")
@@ -16,5 +17,7 @@ from runtime.contract import load_contract
               help="Output folder  [default: <artifacts>/firmware]")
 def export_c_cmd(artifacts: Path, out: Path | None) -> None:
     """Model arrays (<variant>_model_data.h/.cc) and stepwise_model.h for firmware."""
-    for path in export_c(load_contract(artifacts), artifacts, out):
+    contract = load_contract(artifacts)
+    warm = warmup_payload(artifacts) if contract.window.mode == "window_head" else None
+    for path in export_c(contract, artifacts, out, warm):
         click.echo(str(path))

@@ -20,8 +20,12 @@ from runtime.replay import ReplayOptions, run_replay
                    "at every sequence of the file.")
 @click.option("--backend", default=None, type=click.Choice(backend_names()),
               help="Interpreter package (default: first installed, or $STEPWISE_BACKEND).")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="Write the warm-up outputs (from zero-left-padded windows, marked "
+                   "\"warmup\": true) or leave them out.")
 @click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
 def replay_cmd(artifacts: Path, variant: str | None, reset: str | None, backend: str | None,
-               input_file: Path) -> None:
+               warmup: bool, input_file: Path) -> None:
     """Stream INPUT (.npz or .csv) through the runtime; one JSON object per sample."""
-    run_replay(ReplayOptions(artifacts, input_file, variant=variant, reset=reset, backend=backend), sys.stdout)
+    run_replay(ReplayOptions(artifacts, input_file, variant=variant, reset=reset, backend=backend,
+                             warmup=warmup), sys.stdout)

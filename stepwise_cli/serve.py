@@ -60,9 +60,11 @@ def serve(opts: ServeOptions) -> int:
               help="Serve Prometheus metrics on http://HOST:PORT/metrics.")
 @click.option("--shard", default=None, metavar="I/N", help="Serve only the streams of shard I "
               "of N (rendezvous hashing of the stream id; I may be a list: 0,1/3).")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="Write warm-up outputs (zero-padded windows, marked \"warmup\": true) or leave them out.")
 def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
               status_interval, backend, mqtt, mqtt_client, max_streams, stream_idle, metrics,
-              shard) -> None:
+              shard, warmup) -> None:
     """The on-device daemon: samples from a serial port (or many streams) in, one
     prediction per sample out."""
     if not ports and not mqtt:
@@ -80,5 +82,5 @@ def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, 
     opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
                         state_dir=state_dir or state_directory(), checkpoint_interval=checkpoint_interval,
                         reset=reset, variant=variant, output=output, reply=reply,
-                        status_interval=status_interval, backend=backend)
+                        status_interval=status_interval, backend=backend, warmup=warmup)
     sys.exit(serve(opts))
