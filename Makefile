@@ -60,6 +60,7 @@ tools:
 	@command -v strace > /dev/null || (apt-get update -q && apt-get install -y -q strace)
 	@command -v mosquitto > /dev/null || test -x /usr/sbin/mosquitto || \
 		(apt-get update -q && apt-get install -y -q mosquitto)
+	@command -v chromium > /dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 test: tools $(VENV)/.installed $(DEVICE_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
 	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests

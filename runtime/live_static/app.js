@@ -86,7 +86,8 @@
       ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(w, y); ctx.stroke();
       ctx.fillText(Number(v.toPrecision(3)).toString(), 2, y + 4);
     }
-    const x = (k) => pad + k / Math.max(1, view.window - 1) * (w - pad);
+    const shift = view.window - Math.max(0, ...series.map((v) => v.length));  // newest at the right edge
+    const x = (k) => pad + (k + shift) / Math.max(1, view.window - 1) * (w - pad);
     const y = (v) => h - 6 - (v - lo) / (hi - lo || 1) * (h - 12);
     if (threshold !== null && threshold !== undefined) {
       ctx.setLineDash([5, 4]); ctx.strokeStyle = "#888";
@@ -115,7 +116,8 @@
     add("checkpoints", c.checkpoints ?? 0);
     const age = c.last_checkpoint ? Math.max(0, Date.now() / 1000 - c.last_checkpoint) : null;
     add("last checkpoint", age === null ? "none yet" : age.toFixed(1) + " s ago");
-    add("view: points shown / dropped", `${c.live_kept ?? 0} / ${(c.live_dropped ?? 0) + (c.live_client_dropped ?? 0)}`);
+    add("view: points sent of samples seen", `${c.live_kept ?? 0} of ${c.live_offered ?? 0}`);
+    add("view: points dropped (queues full)", (c.live_dropped ?? 0) + (c.live_client_dropped ?? 0));
     $("counters").tBodies[0].innerHTML = rows.join("");
   }
 

@@ -180,3 +180,16 @@ def test_a_viewer_that_never_reads_loses_points_in_its_own_queue_and_nothing_els
     assert client.dropped > 0 and len(client.queue) <= client.limit
     assert len(live.hub.snapshot()["history"]["default"]) == 50
     sock.close()
+
+
+def test_every_static_asset_is_declared_package_data_so_the_wheel_carries_it():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["runtime"]
+    assets = sorted(p.relative_to(root / "runtime").as_posix() for p in (root / "runtime" / "live_static").iterdir())
+    assert assets == ["live_static/app.js", "live_static/index.html", "live_static/style.css"]
+    for asset in assets:
+        assert any(fnmatch.fnmatch(asset, pat) for pat in patterns), asset
