@@ -17,7 +17,7 @@ SOURCES := $(wildcard pipeline/*.py runtime/*.py firmware_bridge/*.py stepwise_c
 # What the device environments run (no TensorFlow there).
 DEVICE_TESTS := tests/runtime tests/firmware_bridge tests/stepwise_cli tests/test_architecture.py
 
-.PHONY: tools build test test-build test-device test-device-3.13 serve bench bundle clean env device-env
+.PHONY: tools build test test-build test-device test-device-3.13 serve bench bundle clean env device-env livebench
 
 ## Environments ---------------------------------------------------------------------
 # Build host: TensorFlow, Keras, converters, plots.
@@ -102,6 +102,11 @@ bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	$(VENV)/bin/python -m bench.streams all --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python \
 		--streams 1000 --rates 50 --seconds 60 --clients libmosquitto,paho
 	$(DEVICE_VENV)/bin/python -m bench.fuzz --artifacts $(ARTIFACTS)
+
+# What the live view (serve --http) costs the daemon: off, no viewer, a reading and a stuck viewer.
+livebench: $(VENV)/.installed $(DEVICE_VENV)/.installed
+	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build
+	$(VENV)/bin/python -m bench.live_bench --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info

@@ -112,3 +112,22 @@ def test_a_viewer_that_never_reads_costs_the_daemon_no_samples(tiny_artifacts, t
     assert counters.get("link_dropped", 0) == 0 and counters["live_dropped"] == 0
     assert counters["live_offered"] == len(lines)
     assert counters["live_clients"] == (1 if viewer == "stuck" else 0)
+
+
+def test_an_address_in_use_or_malformed_is_a_one_line_error(tiny_artifacts, tmp_path):
+    import subprocess
+    import sys
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    host, port = taken.getsockname()
+    try:
+        for http, message in ((f"{host}:{port}", "cannot listen"), ("localhost:web", "expected HOST:PORT")):
+            proc = subprocess.run([sys.executable, "-m", "runtime", "serve", "--artifacts", str(tiny_artifacts),
+                                   "--port", "loop://", "--state-dir", str(tmp_path / "s"), "--http", http],
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.strip().splitlines()[-1].startswith("Error: --http") and message in proc.stderr
+    finally:
+        taken.close()
