@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.contract import decision_threshold
+
 ERROR_FLOOR = 1e-9  # |dy| below this (an exact match included) is counted in the first bin
 ERROR_BINS = np.logspace(-9, 0, 55)  # [bins + 1] edges, log spaced, 1e-9 .. 1
 
@@ -44,14 +46,6 @@ def error_histograms(ref: np.ndarray, outputs: dict[str, np.ndarray],
         hists.append(ErrorHistogram(name, counts, edges, int(d.size), int(np.count_nonzero(d == 0)),
                                     float(np.percentile(d, 99)), float(d.max())))
     return hists
-
-
-def decision_threshold(kind: str, units: int) -> float | None:
-    """The output value where the decision flips, or None where it is an argmax over
-    more than two classes (no fixed threshold)."""
-    if (kind == "sigmoid" and units == 1) or (kind == "softmax" and units == 2):
-        return 0.5
-    return None
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,8 @@ def render(state: WatchState, source: str, chars: str = BLOCKS) -> list[str]:
         for f in range(len(pts[-1][3])):
             vals = [p[3][f] if f < len(p[3]) else None for p in pts]
             seen = [v for v in vals if v is not None]
+            if not seen:
+                continue
             name = names[f] if f < len(names) else f"x{f}"
             lines.append(f"  {name:>10.10} {spark(vals, min(seen), max(seen), chars)}  "
                          f"{seen[-1]:>10.4g}  [{min(seen):.3g} .. {max(seen):.3g}]")

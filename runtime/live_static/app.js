@@ -7,6 +7,7 @@
                  received: 0, connected: false, lastCheckpointAt: null };
   window.stepwiseView = view;
   const $ = (id) => document.getElementById(id);
+  const esc = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);  // names from files
   let source = null;
   let dirty = true;
 
@@ -60,14 +61,14 @@
 
   function legends() {
     if (!view.meta) return;
-    const entry = (name, i) => `<span><i style="background:${COLOURS[i % COLOURS.length]}"></i>${name}</span>`;
+    const entry = (name, i) => `<span><i style="background:${COLOURS[i % COLOURS.length]}"></i>${esc(name)}</span>`;
     $("features-legend").innerHTML = view.meta.features.map(entry).join("");
     const classes = outputNames();
     let html = classes.map(entry).join("");
     if (view.meta.threshold !== null) html += `<span><i style="background:#888"></i>threshold ${view.meta.threshold}</span>`;
     $("predictions-legend").innerHTML = html;
     $("window").textContent = view.window;
-    $("model").textContent = `${view.meta.variant} · ${view.meta.reset}`;
+    $("model").textContent = `${view.meta.variant} · ${view.meta.reset}`;  // textContent: no markup
   }
 
   function outputNames() {
@@ -107,7 +108,7 @@
 
   function counters() {
     const c = view.counters, rows = [];
-    const add = (name, value) => rows.push(`<tr><td>${name}</td><td class="value">${value}</td></tr>`);
+    const add = (name, value) => rows.push(`<tr><td>${esc(name)}</td><td class="value">${esc(value)}</td></tr>`);
     add("samples", c.samples ?? 0);
     add("predictions", c.predictions ?? 0);
     for (const [k, v] of Object.entries(c).sort()) if (k.startsWith("rejected_")) add("rejected: " + k.slice(9).replace(/_/g, " "), v);

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.figures import (ERROR_FLOOR, decision_threshold, error_histograms, sequence_panels,
-                              training_panels)
+from pipeline.figures import ERROR_FLOOR, error_histograms, sequence_panels, training_panels
+from runtime.contract import decision_threshold
 
 
 def _outputs(m=30, T=7, units=1, seed=0):
