@@ -9,6 +9,7 @@ Prints a markdown table; writes ``live_bench.json`` into ``--out``.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -18,8 +19,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-
-import click
 
 from bench.daemon_bench import BenchError, DaemonHarness, paced_latency, throughput
 from bench.run import ROOT, _daemon_command
@@ -102,29 +101,34 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-@click.command()
-@click.option("--artifacts", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"))
-@click.option("--device-python", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--paced", default=2000, show_default=True, help="Samples timed at 1 kHz per run.")
-@click.option("--flood", default=20000, show_default=True, help="Samples of the throughput run.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for live_bench.json (default: <artifacts>/bench).")
-def main(artifacts: Path, device_python: Path, paced: int, flood: int, out: Path | None) -> None:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.live_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="built artifacts folder")
+    parser.add_argument("--device-python", type=Path, required=True, help="the device environment's python")
+    parser.add_argument("--paced", type=int, default=2000, help="samples timed at 1 kHz per run (2000)")
+    parser.add_argument("--flood", type=int, default=20000, help="samples of the throughput run (20000)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for live_bench.json (<artifacts>/bench)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    contract = load_contract(artifacts)
-    lines = [format_sample(s) for s in load_samples(artifacts, contract)]
+    contract = load_contract(args.artifacts)
+    lines = [format_sample(s) for s in load_samples(args.artifacts, contract)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        command = _daemon_command(device_python, artifacts, work / "state")
+        command = _daemon_command(args.device_python, args.artifacts, work / "state")
         results = []
         for mode in MODES:
             log.info("live view: %s", mode)
-            results.append(measure(mode, command, work, lines, paced, flood))
-    out = out or artifacts / "bench"
+            results.append(measure(mode, command, work, lines, args.paced, args.flood))
+    out = args.out or args.artifacts / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "live_bench.json").write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -146,3 +146,17 @@ def parse_address(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--http {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8321")
     return host, int(port)
+
+
+def open_live_view(daemon, address: tuple[str, int]) -> LiveServer:
+    """Start the live view of ``daemon`` (a ``runtime.daemon.Daemon``) on ``address``
+    and make it the daemon's observer; the caller stops it."""
+    from runtime.live_feed import LiveFeed, LiveMeta, LiveOptions
+
+    out = daemon.contract.output
+    feed = LiveFeed(LiveOptions(host=address[0], port=address[1]))
+    meta = LiveMeta(tuple(daemon.contract.input.feature_names), tuple(out.labels), out.kind, out.threshold,
+                    daemon.engine.variant, str(daemon.engine.policy))
+    server = LiveServer(LiveHub(feed, meta)).start()
+    daemon.observe(feed.observe)
+    return server

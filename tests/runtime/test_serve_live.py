@@ -124,7 +124,7 @@ def test_an_address_in_use_or_malformed_is_a_one_line_error(tiny_artifacts, tmp_
     host, port = taken.getsockname()
     try:
         for http, message in ((f"{host}:{port}", "cannot listen"), ("localhost:web", "expected HOST:PORT")):
-            proc = subprocess.run([sys.executable, "-m", "runtime", "serve", "--artifacts", str(tiny_artifacts),
+            proc = subprocess.run([sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(tiny_artifacts),
                                    "--port", "loop://", "--state-dir", str(tmp_path / "s"), "--http", http],
                                   capture_output=True, text=True, timeout=60)
             assert proc.returncode == 2, proc.stderr
