@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ import pytest
 from cdp import Browser, chromium_path
 from test_serve import Port, Serve, _records
 from test_serve_live import live_url, send_all
+
+from runtime.live_feed import LiveFeed, LiveHub, LiveMeta, LiveOptions
+from runtime.live_http import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "build" / "live-view.png"
@@ -21,7 +25,7 @@ if chromium_path() is None:
     pytest.skip("chromium is not installed (make tools installs the Debian package)", allow_module_level=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     b = Browser(chromium_path())
     yield b
@@ -77,3 +81,31 @@ def test_page_shows_what_the_daemon_was_fed_and_answered(tiny_artifacts, tmp_pat
     assert counters["view: points dropped (queues full)"] == "0"
     assert "threshold 0.5" in page["legend"] and page["drawn"] > 500
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _points(stream: str, n: int, y: float, label: str) -> list:
+    return [(i, 0, np.array([i, -i, 2 * i], np.float32), SimpleNamespace(step=i + 1, y=np.array([y], np.float32),
+                                                                        label=label)) for i in range(n)]
+
+
+def test_stream_picker_lists_every_stream_and_shows_the_one_picked(browser):
+    feed = LiveFeed(LiveOptions(max_rate=1000))
+    meta = LiveMeta(("ax", "ay", "az"), ("rest", "gesture"), "sigmoid", 0.5, "int8", "never")
+    server = LiveServer(LiveHub(feed, meta)).start()
+    try:
+        feed.observe("kitchen", _points("kitchen", 12, 0.2, "rest"), status=lambda: {"samples": 20})
+        browser.navigate(server.url)
+        assert browser.wait_for("window.stepwiseView && window.stepwiseView.connected && "
+                                "window.stepwiseView.streams.length === 1")
+        feed.observe("hall", _points("hall", 8, 0.9, "gesture"))  # a stream that appears later
+        assert browser.wait_for("window.stepwiseView.streams.length === 2")
+        options = browser.evaluate("[...document.querySelectorAll('#stream option')].map(o => o.value)")
+        first = browser.evaluate("document.getElementById('label').textContent")
+        browser.evaluate("const s = document.getElementById('stream'); s.value = 'hall';"
+                         "s.dispatchEvent(new Event('change')); true")
+        picked = browser.wait_for("document.getElementById('label').textContent === 'gesture' && "
+                                  "document.getElementById('sample').textContent")
+    finally:
+        server.stop()
+    assert options == ["hall", "kitchen"]
+    assert first == "rest" and picked == "7"
