@@ -198,17 +198,21 @@ def watch(opts: WatchOptions, out: IO[str], stdin: IO[bytes] | None = None) -> i
     """Draw frames on ``out`` until the source ends (or one, with ``once``)."""
     state = WatchState(width=opts.width)
     chars = ASCII if opts.ascii else BLOCKS
-    clear = "\x1b[H\x1b[2J" if out.isatty() and not opts.once else ""
+    redraw = out.isatty() and not opts.once  # in place: cursor home, each line cleared to its end
 
     def draw() -> None:
-        out.write(clear + "\n".join(render(state, opts.source, chars)) + "\n" + ("" if clear else "\n"))
+        lines = render(state, opts.source, chars)
+        if redraw:
+            out.write("\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J")
+        else:
+            out.write("\n".join(lines) + "\n\n")
         out.flush()
 
     if is_url(opts.source):
         events = iter_sse(opts.source)
         return _loop(events, state, opts, draw, stop_after="state" if opts.once else None)
     if opts.source == "-":
-        return _loop(iter_jsonl(stdin, follow=not opts.once), state, opts, draw)
+        return _loop(iter_jsonl(stdin, follow=False), state, opts, draw)  # a pipe blocks until data or its end
     try:
         f = open(opts.source, "rb")
     except OSError as e:

@@ -116,3 +116,19 @@ def test_stdin_is_a_source():
     out = io.StringIO()
     assert watch(WatchOptions("-", once=True, width=5), out, stdin=stdin) == 0
     assert "label: 1   sample 2   step 3" in out.getvalue()
+
+
+def test_on_a_terminal_each_frame_is_drawn_in_place_with_plain_ansi():
+    from runtime.watch import WatchOptions, watch
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    stdin = io.BytesIO(b"".join(json.dumps(r).encode() + b"\n" for r in _records(3)))
+    assert watch(WatchOptions("-", follow=False, width=5, interval=0.0), out, stdin=stdin) == 0
+    frames = out.getvalue().split("\x1b[H")[1:]
+    assert len(frames) == 4  # one per record, then the last one again at the end
+    assert all(f.endswith("\x1b[J") and "\x1b[K\n" in f for f in frames)
+    assert "label: 1   sample 2   step 3" in frames[-1]
