@@ -193,3 +193,15 @@ def test_every_static_asset_is_declared_package_data_so_the_wheel_carries_it():
     assert assets == ["live_static/app.js", "live_static/index.html", "live_static/style.css"]
     for asset in assets:
         assert any(fnmatch.fnmatch(asset, pat) for pat in patterns), asset
+
+
+def test_a_sandbox_without_network_sockets_is_a_one_line_error(monkeypatch):
+    import errno
+    import os
+
+    def refuse(*args, **kwargs):  # what RestrictAddressFamilies=AF_UNIX makes socket() do
+        raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    with pytest.raises(ConfigError, match=r"--http 127.0.0.1:0: cannot listen: Address family not supported"):
+        LiveServer(LiveHub(LiveFeed(), META))
