@@ -148,15 +148,16 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def open_live_view(daemon, address: tuple[str, int]) -> LiveServer:
-    """Start the live view of ``daemon`` (a ``runtime.daemon.Daemon``) on ``address``
-    and make it the daemon's observer; the caller stops it."""
+def open_live_view(daemon, engine, address: tuple[str, int]) -> LiveServer:
+    """Start the live view on ``address`` for ``daemon`` (anything with ``observe``:
+    ``runtime.daemon.Daemon``, ``runtime.multiserve.MultiDaemon``) whose model runs in
+    ``engine``, and make it the daemon's observer; the caller stops it."""
     from runtime.live_feed import LiveFeed, LiveMeta, LiveOptions
 
-    out = daemon.contract.output
+    out = engine.contract.output
     feed = LiveFeed(LiveOptions(host=address[0], port=address[1]))
-    meta = LiveMeta(tuple(daemon.contract.input.feature_names), tuple(out.labels), out.kind, out.threshold,
-                    daemon.engine.variant, str(daemon.engine.policy))
+    meta = LiveMeta(tuple(engine.contract.input.feature_names), tuple(out.labels), out.kind, out.threshold,
+                    engine.variant, str(engine.policy))
     server = LiveServer(LiveHub(feed, meta)).start()
     daemon.observe(feed.observe)
     return server

@@ -20,7 +20,7 @@ def serve(opts: ServeOptions) -> int:
     """Load the model and state, open the port, serve until SIGTERM/SIGINT; the exit code."""
     daemon = Daemon(opts)
     daemon.install_signals()
-    live = open_live_view(daemon, opts.http) if opts.http else None  # an address in use fails before the port opens
+    live = open_live_view(daemon, daemon.engine, opts.http) if opts.http else None  # an address in use fails before the port opens
     try:
         # replies go through the link's bounded queue; a short write timeout keeps its writer
         # thread moving past a board that never reads them
@@ -76,9 +76,6 @@ def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, 
     if not ports and not mqtt:
         raise click.UsageError("give --port (one or more) or --mqtt")
     if mqtt or len(ports) > 1 or metrics or shard:
-        if http:
-            raise click.UsageError("--http serves the live page of a single --port daemon; it is not "
-                                   "available with --mqtt, several --port, --metrics or --shard")
         from stepwise_cli.serve_many import serve_many
 
         sys.exit(serve_many(artifacts=artifacts, ports=ports, mqtt=mqtt, baud=baud,
@@ -86,7 +83,8 @@ def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, 
                             checkpoint_interval=checkpoint_interval, reset=reset,
                             variant=variant, output=output, status_interval=status_interval,
                             backend=backend, max_streams=max_streams, stream_idle=stream_idle,
-                            metrics=metrics, shard=shard, mqtt_client=mqtt_client))
+                            metrics=metrics, shard=shard, mqtt_client=mqtt_client,
+                            http=None if http is None else parse_address(http)))
     port = ports[0]
     opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
                         state_dir=state_dir or state_directory(), checkpoint_interval=checkpoint_interval,

@@ -131,3 +131,32 @@ def test_an_address_in_use_or_malformed_is_a_one_line_error(tiny_artifacts, tmp_
             assert proc.stderr.strip().splitlines()[-1].startswith("Error: --http") and message in proc.stderr
     finally:
         taken.close()
+
+
+def test_many_ports_each_a_stream_of_the_live_view(tiny_artifacts, tmp_path, fed):
+    a, b = Port(tmp_path / "ttyA"), Port(tmp_path / "ttyB")
+    d = Serve(tiny_artifacts, a.path, tmp_path / "state", "--port", str(b.path), "--reset", "window:7",
+              "--http", "127.0.0.1:0")
+    url = live_url(d)
+    for port in (a, b):
+        port.send(b"partial\n")
+    sent_a = send_all(a, fed[:2])
+    sent_b = send_all(b, fed[2:3])
+    d.wait_records(len(sent_a) + len(sent_b))
+    state = wait_for(lambda: get_json(url + "api/state"),
+                     lambda s: sum(len(h) for h in s["history"].values()) == len(sent_a) + len(sent_b)
+                     and s["counters"].get("predictions") == len(sent_a) + len(sent_b))
+    assert d.stop() == 0
+    assert len(state["streams"]) == 2
+    by_stream = {r["stream"]: [] for r in d.records}
+    for r in d.records:
+        by_stream[r["stream"]].append(r)
+    for stream, points in state["history"].items():
+        records = by_stream[stream]
+        sent = sent_a if len(records) == len(sent_a) else sent_b
+        assert [p[0] for p in points] == [r["i"] for r in records]
+        for (_, _, _, x, y, label), r, values in zip(points, records, sent):
+            assert label == r["label"]
+            np.testing.assert_allclose(y, r["y"], rtol=1e-6)
+            np.testing.assert_allclose(x, values, rtol=1e-6)
+    assert state["counters"]["predictions"] == len(sent_a) + len(sent_b)
