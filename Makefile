@@ -17,7 +17,7 @@ SOURCES := $(wildcard pipeline/*.py runtime/*.py firmware_bridge/*.py stepwise_c
 # What the device environments run (no TensorFlow there).
 DEVICE_TESTS := tests/runtime tests/firmware_bridge tests/stepwise_cli tests/test_architecture.py
 
-.PHONY: tools build test test-build test-device test-device-3.13 serve bench bundle clean env device-env windowhead
+.PHONY: tools build test test-build test-device test-device-3.13 serve bench bundle clean env device-env windowhead livebench
 
 ## Environments ---------------------------------------------------------------------
 # Build host: TensorFlow, Keras, converters, plots.
@@ -60,6 +60,7 @@ tools:
 	@command -v strace > /dev/null || (apt-get update -q && apt-get install -y -q strace)
 	@command -v mosquitto > /dev/null || test -x /usr/sbin/mosquitto || \
 		(apt-get update -q && apt-get install -y -q mosquitto)
+	@command -v chromium > /dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 test: tools $(VENV)/.installed $(DEVICE_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
 	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests
@@ -104,6 +105,11 @@ bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 
 windowhead: $(VENV)/.installed
 	$(VENV)/bin/python -m bench.window_head
+
+# What the live view (serve --http) costs the daemon: off, no viewer, a reading and a stuck viewer.
+livebench: $(VENV)/.installed $(DEVICE_VENV)/.installed
+	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build
+	$(VENV)/bin/python -m bench.live_bench --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info

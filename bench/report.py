@@ -143,29 +143,48 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+# colour of each row's bar and what it stands for in the legend
+ROW_COLOURS = {"1": "#b04040", "2": "#b04040", "3": "#c08040", "4": "#808080", "4b": "#a0a0a0",
+               "5": "#3070b0", "6": "#30a060"}
+GROUPS = (("#b04040", "Keras per-sample predict (rows 1-2)"), ("#c08040", "tf.function step (row 3)"),
+          ("#808080", "bare TFLite invoke, the floor (row 4)"),
+          ("#a0a0a0", "bare loop with state carry (row 4b)"), ("#3070b0", "stepwise Engine.step (row 5)"),
+          ("#30a060", "stepwise serve via a pty (row 6)"))
+
+
+def chart_legend(rows: list[dict]) -> list[tuple[str, str]]:
+    """(colour, label) of every kind of bar present in ``rows``, then the p99 tick: the
+    chart's full legend."""
+    present = {ROW_COLOURS[r["row"]] for r in rows}
+    return [(c, label) for c, label in GROUPS if c in present] + [("black", "p99 (tick)")]
+
+
 def draw_chart(report: dict, path: Path) -> None:
     """Horizontal bars of the median latency per row, p99 as a tick; log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     rows = report["rows"]
-    colours = {"1": "#b04040", "2": "#b04040", "3": "#c08040", "4": "#808080", "4b": "#a0a0a0",
-               "5": "#3070b0", "6": "#30a060"}
     names = [f"{r['row']}  {SHORT_LABELS[r['row']]} [{r['backend']}, {r['variant']}]" for r in rows]
-    fig, ax = plt.subplots(figsize=(11, 0.34 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(11, 0.34 * len(rows) + 2.4))
     y = range(len(rows))
-    ax.barh(y, [r["median_us"] for r in rows], color=[colours[r["row"]] for r in rows])
-    ax.plot([r["p99_us"] for r in rows], list(y), "k|", markersize=10, label="p99")
+    ax.barh(y, [r["median_us"] for r in rows], color=[ROW_COLOURS[r["row"]] for r in rows])
+    ax.plot([r["p99_us"] for r in rows], list(y), "k|", markersize=10)
     ax.set_yticks(list(y), names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("per-step latency, median (µs, log scale)")
+    ax.set_xlabel("per-step latency (µs, log scale): bar = median, tick = p99")
     ax.set_title("stepwise bench" + (" (smoke run)" if report["smoke"] else ""))
-    ax.legend(loc="lower right")
+    handles = [Line2D([], [], color=c, marker="|", ls="", markersize=10, label=label) if label.startswith("p99")
+               else Patch(color=c, label=label) for c, label in chart_legend(rows)]
+    height = 0.34 * len(rows) + 2.4
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.75 / height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

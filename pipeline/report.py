@@ -8,69 +8,103 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.figures import (ERROR_FLOOR, ErrorHistogram, SequencePanel, TrainingPanel,  # noqa: E402
+                              error_histograms, sequence_panels, training_panels)
 
 
-def plot_sequences(path: Path, ref: np.ndarray, outputs: dict[str, np.ndarray], count: int = 4) -> None:
-    """Per-step output (unit 0) of ``count`` test sequences: Keras vs each variant."""
-    count = min(count, ref.shape[0])
-    fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3), sharey=True, squeeze=False)
-    steps = np.arange(1, ref.shape[1] + 1)
-    for i, ax in enumerate(axes[0]):
-        ax.plot(steps, ref[i, :, 0], "k-", lw=2.5, label="keras", alpha=0.6)
-        for (name, ys), style in zip(outputs.items(), ("o--", "s:", "^-.")):
-            ax.plot(steps, ys[i, :, 0], style, ms=4, label=name)
-        ax.set_title(f"test sequence {i}")
-        ax.set_xlabel("step")
-    axes[0][0].set_ylabel("output y[0]")
-    axes[0][-1].legend(fontsize=8)
+COLOURS = {"float32": "#1f77b4", "int16x8": "#2ca02c", "int8": "#d62728"}
+STYLES = {"float32": "o-", "int16x8": "s--", "int8": "^:"}
+DIFF_LINEAR_BELOW = 1e-6
+
+
+def _colour(name: str) -> str:
+    return COLOURS.get(name, "#9467bd")
+
+
+def plot_sequences(path: Path, panels: list[SequencePanel]) -> None:
+    """One column per test sequence: the output of Keras and every variant with the true
+    label and the decision threshold (top), each variant minus Keras (bottom)."""
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 5.6), sharex="col",
+                             squeeze=False, gridspec_kw={"height_ratios": [3, 2]})
+    for col, panel in enumerate(panels):
+        top, bottom = axes[0][col], axes[1][col]
+        top.plot(panel.steps, panel.keras, "k-", lw=3, alpha=0.35, label="keras")
+        for name, y in panel.y.items():
+            top.plot(panel.steps, y, STYLES.get(name, "x-"), ms=3, lw=1, color=_colour(name), label=name)
+            bottom.plot(panel.steps, panel.diff[name], STYLES.get(name, "x-"), ms=3, lw=1,
+                        color=_colour(name), label=name)
+        if panel.threshold is not None:
+            top.axhline(panel.threshold, color="grey", ls="--", lw=1, label=f"threshold {panel.threshold:g}")
+        top.set_ylim(-0.05, 1.05)
+        top.set_title(f"test sequence {panel.index}\ntrue label: {panel.label_name}", fontsize=9)
+        top.set_ylabel(f"{panel.unit_name} (probability)")
+        bottom.axhline(0.0, color="k", lw=0.8)
+        bottom.set_yscale("symlog", linthresh=DIFF_LINEAR_BELOW)  # int16x8's 1e-4 beside int8's 1e-2
+        bottom.set_ylabel(f"variant - keras (probability,\nsymlog, linear below {DIFF_LINEAR_BELOW:g})",
+                          fontsize=8)
+        bottom.set_xlabel("step (samples since reset)")
+        top.legend(fontsize=7, loc="best")
+        bottom.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_errors(path: Path, ref: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-    """Distribution of |dy| per quantized variant (log scale)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, ys in outputs.items():
-        if name == "float32":
-            continue
-        d = np.abs(ys - ref).reshape(-1) + 1e-9
-        ax.hist(d, bins=np.logspace(-9, 0, 60), alpha=0.6, label=name)
+def plot_errors(path: Path, hists: list[ErrorHistogram]) -> None:
+    """Histogram of the per-step |dy| of every variant over every test step, log-log."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for h in hists:
+        ax.stairs(h.counts, h.edges, color=_colour(h.variant), lw=1.8,
+                  label=f"{h.variant}: p99 {h.p99:.2e}, max {h.max:.2e} ({h.exact:,} exact)")
     ax.set_xscale("log")
-    ax.set_xlabel("|y_variant - y_keras| per step")
-    ax.set_ylabel("steps")
-    ax.legend()
-    ax.set_title("quantization error, every prefix of every test sequence")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"|y_variant - y_keras| per step (probability; below {ERROR_FLOOR:g} in the first bin)")
+    ax.set_ylabel("steps per bin (log scale)")
+    steps = hists[0].steps if hists else 0
+    ax.set_title(f"quantization error: all {steps:,} steps of every test sequence", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(which="major", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_training(path: Path, history: dict[str, list[float]]) -> None:
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, ax in (("loss", a), ("accuracy", b)):
-        if key in history:
-            ax.plot(history[key], label="train")
-        if f"val_{key}" in history:
-            ax.plot(history[f"val_{key}"], label="validation")
+def plot_training(path: Path, panels: list[TrainingPanel]) -> None:
+    """Training curves and the fine-tuning epochs after them, one panel per quantity."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for curve in panel.curves:
+            ax.plot(curve.epochs, curve.values, ".-", label=curve.name)
+        if panel.finetune_from is not None:
+            ax.axvline(panel.finetune_from, color="grey", ls=":", lw=1, label="fine-tuning starts")
+        if panel.log_y:
+            ax.set_yscale("log")
+        ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(panel.ylabel)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_report(directory: Path, manifest: dict, results: dict[str, dict],
-                 ref: np.ndarray, outputs: dict[str, np.ndarray], history: dict | None) -> Path:
+def write_report(directory: Path, manifest: dict, results: dict[str, dict], ref: np.ndarray,
+                 outputs: dict[str, np.ndarray], labels: np.ndarray, history: dict | None) -> Path:
+    """``report.md`` and its plots; ``ref``/``outputs`` ``[m, T, units]`` over every test
+    sequence, ``labels`` ``[m]`` their true class indexes."""
     directory.mkdir(parents=True, exist_ok=True)
-    plot_sequences(directory / "sequences.png", ref, outputs)
-    plot_errors(directory / "quantization_error.png", ref, outputs)
+    out = manifest["outputs"][0]
+    names = list(out.get("labels") or []) or [str(c) for c in range(max(2, out["units"]))]
+    plot_sequences(directory / "sequences.png", sequence_panels(ref, outputs, labels, out["kind"], names))
+    plot_errors(directory / "quantization_error.png", error_histograms(ref, outputs))
     images = ["sequences.png", "quantization_error.png"]
-    if history:
-        plot_training(directory / "training.png", history)
+    panels = training_panels(history or {})
+    if panels:
+        plot_training(directory / "training.png", panels)
         images.append("training.png")
     lines = [
         "# stepwise build report", "",

@@ -142,7 +142,8 @@ def verify_all(artifacts: Path, cfg: VerifyConfig, *, report: bool = False,
     for v in variants or list(contract.variants):
         log.info("verifying %s", v)
         results[v] = verify_variant(artifacts, v, kind, X_raw, ref, stream_raw, stream_ref, y, cfg)
-        outputs[v] = engine_outputs(artifacts, v, X_raw[:8])[0]
+        if report:
+            outputs[v] = engine_outputs(artifacts, v, X_raw)[0]
     if report:
-        write_report(artifacts / "report", contract.to_dict(), results, ref[:8], outputs, history)
+        write_report(artifacts / "report", contract.to_dict(), results, ref, outputs, y, history)
     return results

@@ -99,6 +99,12 @@ class StateSpec:
         return n
 
 
+def decision_threshold(kind: str, units: int) -> float | None:
+    """The output value where the class flips: 0.5 for one sigmoid unit or two softmax
+    units; None where the class is an argmax over more (no fixed threshold)."""
+    return 0.5 if (kind, units) in (("sigmoid", 1), ("softmax", 2)) else None
+
+
 @dataclass(frozen=True)
 class OutputSpec:
     name: str
@@ -112,6 +118,10 @@ class OutputSpec:
         if self.kind == "sigmoid" and self.units == 1:
             return int(float(y[0]) >= 0.5)
         return int(np.argmax(y))
+
+    @property
+    def threshold(self) -> float | None:
+        return decision_threshold(self.kind, self.units)
 
     def label_of(self, y) -> str:
         """Class label for one output vector ``y`` ``[units]``."""

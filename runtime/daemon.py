@@ -46,6 +46,7 @@ class ServeOptions:
     status_interval: float = 60.0
     backend: str | None = None
     warmup: bool = True  # False: warm-up outputs (zero-padded windows) are not written
+    http: tuple[str, int] | None = None  # the live view's address (None: off)
 
 
 class Daemon:
@@ -60,6 +61,9 @@ class Daemon:
         self.seq = 0  # explicit resets from the device: the sequence index in the output
         self._stop: int | None = None  # the signal number that asked to stop
         self._reopen = False
+        self._observer = None  # see observe()
+        self._observed: list | None = None
+        self.last_checkpoint: float | None = None  # unix time of the newest checkpoint written or restored
         self._restore()
         self._saved_mark = (self.engine.samples_seen, self.seq, sum(self.engine.resets.values()))
 
@@ -70,6 +74,7 @@ class Daemon:
             return
         self.engine.restore(snap)
         self.seq = int(snap.extra.get("seq", 0))
+        self.last_checkpoint = snap.timestamp or None
         log.info("state restored: %d samples seen, sequence %d, steps %s", snap.samples_seen,
                  self.seq, snap.steps.tolist())
 
@@ -78,11 +83,19 @@ class Daemon:
         mark = (self.engine.samples_seen, self.seq, sum(self.engine.resets.values()))
         if mark != self._saved_mark and self.store.maybe_checkpoint(self.snapshot):
             self._saved_mark = mark
+            self.last_checkpoint = time.time()
 
     def snapshot(self):
         snap = self.engine.snapshot()
         snap.extra["seq"] = self.seq
         return snap
+
+    def observe(self, observer) -> None:
+        """Call ``observer(stream, batch, status)`` after each turn of the loop: ``batch``
+        the samples it answered, ``[(i, seq, values [features], Prediction)]``, and
+        ``status`` a callable returning the counters (``live_status``). The observer runs
+        on the loop's thread, after the turn's output is written: it must not block."""
+        self._observer, self._observed = observer, []
 
     # -- signals ---------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
@@ -113,6 +126,9 @@ class Daemon:
                     self._reopen = False
                     out.reopen()
                 out.write_lines([line for event in events if (line := self.handle(event, source))])
+                if self._observer is not None:
+                    self._observer("default", self._observed, self.live_status)
+                    self._observed = []
                 self._checkpoint_if_changed()
                 self.notifier.watchdog_due()
                 if time.monotonic() >= next_status:
@@ -147,6 +163,8 @@ class Daemon:
             log.warning("sample rejected: %s", e)
             return None
         self.counters["predictions"] += 1
+        if self._observed is not None:
+            self._observed.append((self.engine.samples_seen - 1, self.seq, event.values, pred))
         if pred.fault:
             self.counters["state_faults"] += 1
         extra = f', "t": {round(time.time(), 6)!r}'
@@ -159,7 +177,7 @@ class Daemon:
             source.write_prediction(y.tolist(), self.contract.output.class_of(y), pred.label, seq=event.seq)
         return record_line(self.engine.samples_seen - 1, self.seq, pred, extra)
 
-    def status(self) -> str:
+    def status_dict(self) -> dict[str, int]:
         counters = getattr(getattr(self, "source", None), "counters", None)
         parts = {**self.counters, "checkpoints": self.store.checkpoints,
                  "checkpoint_failures": self.store.failures}
@@ -170,4 +188,11 @@ class Daemon:
             snap = counters.snapshot()
             parts |= {f"link_{k}": v for k, v in snap.items() if isinstance(v, int)}
             parts |= {f"rejected_{k}": v for k, v in snap.get("rejected", {}).items()}
-        return " ".join(f"{k}={v}" for k, v in sorted(parts.items()))
+        return parts
+
+    def live_status(self) -> dict:
+        """``status_dict`` and the unix time of the last checkpoint (None before one)."""
+        return self.status_dict() | {"last_checkpoint": self.last_checkpoint}
+
+    def status(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in sorted(self.status_dict().items()))

@@ -78,6 +78,9 @@ class MultiDaemon:
         self._stop = False
         self._reopen = False
         self._synced: dict[str, int] = {}  # source reject counts already in the metrics
+        self._observer = None  # see observe()
+        self._observed: dict[str, list] = {}
+        self.last_checkpoint: float | None = None  # unix time of the newest checkpoint written
         self._restore()
         self._saved_mark = self._mark()
 
@@ -125,6 +128,8 @@ class MultiDaemon:
             if self.metrics is not None:
                 self.metrics.checkpointed(time.perf_counter() - t0, written)
             ok &= written
+        if ok:
+            self.last_checkpoint = time.time()
         return ok
 
     def _checkpoint_if_due(self) -> None:
@@ -133,6 +138,23 @@ class MultiDaemon:
         if mark != self._saved_mark and store.due():
             self.checkpoint()
             self._saved_mark = mark
+
+    def observe(self, observer) -> None:
+        """Call ``observer(stream, batch, status)`` after each turn of the loop, once per
+        stream that had samples: ``batch`` ``[(i, seq, values [features], prediction)]``
+        (``prediction`` with ``y``, ``step``, ``label``), ``status`` a callable returning
+        the counters (on the turn's first call only). It runs on the loop's thread, after
+        the turn's output is written: it must not block."""
+        self._observer = observer
+
+    def _notify(self, source) -> None:
+        status = lambda: self.status_dict(source) | {"last_checkpoint": self.last_checkpoint}  # noqa: E731
+        for stream, batch in self._observed.items():
+            self._observer(stream, batch, status)
+            status = None
+        if status is not None:
+            self._observer("", [], status)  # the counters also move on a quiet turn
+        self._observed = {}
 
     # -- signals ---------------------------------------------------------------------
     def _on_stop(self, signum, frame) -> None:
@@ -170,6 +192,8 @@ class MultiDaemon:
                     lines = self.handle(events, source)
                     if out is not None:
                         out.write_lines(lines)
+                if self._observer is not None:
+                    self._notify(source)
                 if self._reopen and out is not None:
                     self._reopen = False
                     out.reopen()
@@ -229,14 +253,22 @@ class MultiDaemon:
         label_of = self.output_spec.label_of
         now = f', "t": {round(time.time(), 6)!r}}}\n'
         lines = []
+        values = None
+        if self._observer is not None:  # each stream's results come in its samples' order
+            values = {}
+            for stream, x, _ in samples:
+                values.setdefault(stream, collections.deque()).append(x)
         for r in results:
+            x = values[r.stream].popleft() if values is not None else None
             if r.rejected:
                 self.counters["rejected_non_finite"] += 1
                 if self.metrics is not None:
                     self.metrics.rejects.labels("non_finite").inc()
                 continue
-            line = f'{{"stream": {json.dumps(r.stream)}, ' + \
-                record_line(r.i, r.seq, _Line(r, label_of(r.y)))[1:-2] + now
+            pred = _Line(r, label_of(r.y))
+            if values is not None:
+                self._observed.setdefault(r.stream, []).append((r.i, r.seq, x, pred))
+            line = f'{{"stream": {json.dumps(r.stream)}, ' + record_line(r.i, r.seq, pred)[1:-2] + now
             source.publish(r.stream, line[:-1])
             lines.append(line)
         self.counters["predictions"] += len(lines)
@@ -262,7 +294,7 @@ class MultiDaemon:
                 m.rejects.labels(reason).inc(n - seen)
                 self._synced[reason] = n
 
-    def status(self, source=None) -> str:
+    def status_dict(self, source=None) -> dict:
         parts = {**self.counters, **{f"lanes_{k}": v for k, v in self.lanes.counters.items()},
                  "active_streams": self.lanes.active, "known_streams": self.lanes.known(),
                  "checkpoints": sum(s.checkpoints for s in self.stores.values()),
@@ -272,4 +304,7 @@ class MultiDaemon:
         output = getattr(self, "output", None)
         if output is not None:
             parts |= {"output_errors": output.errors, "output_lost": output.lost}
-        return " ".join(f"{k}={v}" for k, v in sorted(parts.items()))
+        return parts
+
+    def status(self, source=None) -> str:
+        return " ".join(f"{k}={v}" for k, v in sorted(self.status_dict(source).items()))

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "state": ("stepwise_cli.state:state_group", "Inspect or clear persisted state."),
     "ports": ("stepwise_cli.ports:ports_cmd", "List serial ports."),
     "export-c": ("stepwise_cli.export_c:export_c_cmd", "C arrays and headers for firmware."),
+    "watch": ("stepwise_cli.watch:watch_cmd", "Live chart in a terminal, from a running daemon or a JSON-lines file."),
 }
 
 BUILD_ONLY = ("stepwise_cli.build", "pipeline")  # modules that need the build environment

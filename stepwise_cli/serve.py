@@ -12,6 +12,7 @@ import click
 
 from firmware_bridge.link import Link
 from runtime.daemon import Daemon, ServeOptions
+from runtime.live_http import open_live_view, parse_address
 from runtime.systemd import state_directory
 
 
@@ -19,11 +20,16 @@ def serve(opts: ServeOptions) -> int:
     """Load the model and state, open the port, serve until SIGTERM/SIGINT; the exit code."""
     daemon = Daemon(opts)
     daemon.install_signals()
-    # replies go through the link's bounded queue; a short write timeout keeps its writer
-    # thread moving past a board that never reads them
-    link = Link.open(opts.port, opts.protocol, opts.baud,
-                     feature_names=daemon.contract.input.feature_names, write_timeout=0.05)
-    return daemon.run(link)
+    live = open_live_view(daemon, daemon.engine, opts.http) if opts.http else None  # an address in use fails before the port opens
+    try:
+        # replies go through the link's bounded queue; a short write timeout keeps its writer
+        # thread moving past a board that never reads them
+        link = Link.open(opts.port, opts.protocol, opts.baud,
+                         feature_names=daemon.contract.input.feature_names, write_timeout=0.05)
+        return daemon.run(link)
+    finally:
+        if live is not None:
+            live.stop()
 
 
 @click.command("serve")
@@ -62,9 +68,11 @@ def serve(opts: ServeOptions) -> int:
               "of N (rendezvous hashing of the stream id; I may be a list: 0,1/3).")
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
               help="Write warm-up outputs (zero-padded windows, marked \"warmup\": true) or leave them out.")
+@click.option("--http", default=None, metavar="HOST:PORT",
+              help="Serve the live page there (off by default; PORT alone binds to loopback).")
 def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
               status_interval, backend, mqtt, mqtt_client, max_streams, stream_idle, metrics,
-              shard, warmup) -> None:
+              shard, warmup, http) -> None:
     """The on-device daemon: samples from a serial port (or many streams) in, one
     prediction per sample out."""
     if not ports and not mqtt:
@@ -77,10 +85,12 @@ def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, 
                             checkpoint_interval=checkpoint_interval, reset=reset,
                             variant=variant, output=output, status_interval=status_interval,
                             backend=backend, max_streams=max_streams, stream_idle=stream_idle,
-                            metrics=metrics, shard=shard, mqtt_client=mqtt_client))
+                            metrics=metrics, shard=shard, mqtt_client=mqtt_client,
+                            http=None if http is None else parse_address(http)))
     port = ports[0]
     opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
                         state_dir=state_dir or state_directory(), checkpoint_interval=checkpoint_interval,
                         reset=reset, variant=variant, output=output, reply=reply,
-                        status_interval=status_interval, backend=backend, warmup=warmup)
+                        status_interval=status_interval, backend=backend, warmup=warmup,
+                        http=None if http is None else parse_address(http))
     sys.exit(serve(opts))

@@ -39,7 +39,8 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
                reset: str | None = None, variant: str | None = None, output: Path | None = None,
                status_interval: float = 60.0, backend: str | None = None,
                max_streams: int = 1024, stream_idle: float = 300.0, metrics: str | None = None,
-               shard: str | None = None, mqtt_client: str = "auto") -> int:
+               shard: str | None = None, mqtt_client: str = "auto",
+               http: tuple[str, int] | None = None) -> int:
     """Run the many-stream daemon; its exit status."""
     spec = ShardSpec.parse(shard) if shard else ShardSpec((0,), 1)
     opts = MultiServeOptions(artifacts=Path(artifacts), state_dir=Path(state_dir),
@@ -49,7 +50,7 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
                              stdout=output is None and not mqtt,
                              status_interval=status_interval,
                              legacy_stream=ports[0] if len(ports) == 1 else None)
-    registry = None
+    registry = live = None
     if metrics:
         from runtime.metrics import Metrics, parse_hostport
 
@@ -57,10 +58,16 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
         registry.serve(*parse_hostport(metrics))
     try:
         daemon = MultiDaemon(opts, metrics=registry)
+        if http:
+            from runtime.live_http import open_live_view
+
+            live = open_live_view(daemon, daemon.lanes.engine, http)
         source = open_source(mqtt, ports, daemon.lanes.engine.contract.input.feature_names,
                              spec, protocol=protocol, baud=baud, client=mqtt_client)
         daemon.install_signals()
         return daemon.run(source)
     finally:
+        if live is not None:
+            live.stop()
         if registry is not None:
             registry.close()
