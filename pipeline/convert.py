@@ -32,7 +32,7 @@ class Calibration:
     ``[m, T, F]`` rolled out from zero states, one no-reset ``stream`` ``[1, steps, F]``,
     and the continuations of ``continue_until_closed`` (``seed``). All of it is fixed by
     the data and the configuration, so quantization-aware fine-tuning can simulate the
-    very ranges the converter will calibrate (``pipeline.train``)."""
+    very ranges the converter will calibrate (``pipeline.qat``)."""
 
     windows: np.ndarray
     stream: np.ndarray

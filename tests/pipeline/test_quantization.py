@@ -15,7 +15,9 @@ from pipeline import convert as conv
 from pipeline.config import load_config
 from pipeline.data import split, synthetic
 from pipeline.stepmodel import SIGNATURE_KEY, StepModel, keras_sequence_outputs
-from pipeline.train import Int8StepSim, fake_quant, quantization_aware_finetune, train
+from pipeline.qat import quantization_aware_finetune
+from pipeline.quantsim import Int8StepSim, fake_quant
+from pipeline.train import train
 from runtime.contract import load_contract
 from runtime.errors import ConfigError
 
