@@ -133,7 +133,7 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     failed_float = results["float32"]["failed"]
     if failed_float:
         raise VerificationError("float32 step model failed parity (a stepwise bug): " + "; ".join(failed_float))
-    variants = {v: replace(spec, verification=results[v], passed=not results[v]["failed"])
+    variants = {v: replace(spec, verification=results[v], passed=results[v]["status"] == "pass")
                 for v, spec in contract.variants.items()}
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
     contract = _contract(step, sp, variants, default="float32" if "float32" in passed else passed[0])

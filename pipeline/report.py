@@ -87,7 +87,9 @@ def write_report(directory: Path, manifest: dict, results: dict[str, dict],
         lines += [f"### {v}", "",
                   f"- file `{spec['file']}`, {spec['bytes']} bytes, sha256 `{spec['sha256'][:16]}...`",
                   f"- bars: {', '.join(f['bars'].values())}",
-                  f"- result: {'pass' if not f['failed'] else 'FAIL: ' + '; '.join(f['failed'])}",
+                  f"- result: {f['status']}" + (": " + "; ".join(f["failed"]) if f["failed"] else ""),
+                  f"- decisive steps: {f['decisive_steps']} of {f['steps']} "
+                  f"({f['ambiguous_share'] * 100:.1f} % ambiguous)",
                   f"- quantization: `{json.dumps(spec['quantization'].get('ops', {}))}`"]
         micro = spec.get("micro") or {}
         if micro:
@@ -101,14 +103,21 @@ def write_report(directory: Path, manifest: dict, results: dict[str, dict],
 
 def table(results: dict[str, dict]) -> str:
     """A fixed-width table of the headline figures, one row per variant."""
-    head = f"{'variant':<9} {'max|dy|':>10} {'p99|dy|':>10} {'agree':>8} {'acc':>7} " \
-           f"{'drift max':>10} {'drift p99':>10} {'drift agr':>9} {'step us':>8}  result"
+    head = (f"{'variant':<9} {'max|dy|':>9} {'p99|dy|':>9} {'agree':>8} {'decisive':>8} {'ambig':>6} "
+            f"{'acc':>7} {'d acc':>6} {'drift max':>9} {'drift p99':>9} {'drift dec':>9} "
+            f"{'step us':>7}  result")
     rows = [head, "-" * len(head)]
     for v, f in results.items():
         rows.append(
-            f"{v:<9} {f['max_abs']:>10.2e} {f['p99_abs']:>10.2e} {f['agreement'] * 100:>7.2f}% "
-            f"{f['accuracy'] * 100:>6.2f}% {f['drift_max_abs']:>10.2e} {f['drift_p99_abs']:>10.2e} "
-            f"{f['drift_agreement'] * 100:>8.2f}% {f['latency_us']:>8.1f}  "
-            f"{'pass' if not f['failed'] else 'FAIL'}"
+            f"{v:<9} {f['max_abs']:>9.2e} {f['p99_abs']:>9.2e} {_pct(f['agreement'], 7)} "
+            f"{_pct(f['decisive_agreement'], 7)} {_pct(f['ambiguous_share'], 5, 1)} "
+            f"{_pct(f['accuracy'], 6)} {f['accuracy_delta'] * 100:>+6.2f} {f['drift_max_abs']:>9.2e} "
+            f"{f['drift_p99_abs']:>9.2e} {_pct(f['drift_decisive_agreement'], 8)} "
+            f"{f.get('latency_us', float('nan')):>7.1f}  {f['status']}"
         )
     return "\n".join(rows)
+
+
+def _pct(v: float, width: int, digits: int = 2) -> str:
+    return f"{'n/a':>{width}}%" if np.isnan(v) else f"{v * 100:>{width}.{digits}f}%"
+

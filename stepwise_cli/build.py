@@ -29,7 +29,7 @@ def _summary(result) -> None:
     click.echo(table(result.results))
     for v, f in result.results.items():
         for line in f["failed"]:
-            click.echo(f"bar missed: {line}")
+            click.echo(f"bar missed: {line}" if f["status"] == "fail" else line)
     click.echo(f"\nartifacts: {result.out}  (default variant {c.default_variant}, "
                f"{len(c.states)} state tensors, built in {result.seconds:.0f} s)")
 
@@ -63,9 +63,12 @@ def verify_cmd(artifacts: Path, config_path: Path | None, variant: tuple[str, ..
     cfg = load_config(config_path if config_path else _saved_config(artifacts))
     results = verify_all(artifacts, cfg.verify, variants=list(variant) or None)
     click.echo(table(results))
-    failed = [line for f in results.values() for line in f["failed"]]
+    for f in results.values():
+        for line in f["failed"]:
+            click.echo(f"bar missed: {line}" if f["status"] == "fail" else line)
+    failed = [v for v, f in results.items() if f["status"] != "pass"]
     if failed:
-        raise VerificationError("bar missed: " + "; ".join(failed))
+        raise VerificationError(", ".join(f"{v} {results[v]['status']}" for v in failed))
     click.echo("all bars passed")
 
 

@@ -33,8 +33,9 @@ def test_manifest_describes_the_model_completely(tiny_artifacts):
         assert v["sha256"] == hashlib.sha256(blob).hexdigest() and v["bytes"] == len(blob)
         assert set(v["tensors"]) == names
         assert len({t["index"] for t in v["tensors"].values()}) == len(names)
-        assert {"max_abs", "p99_abs", "agreement", "accuracy", "drift_max_abs", "latency_us"} <= set(v["verification"])
-        assert v["passed"] == (not v["verification"]["failed"])
+        assert {"max_abs", "p99_abs", "agreement", "accuracy", "drift_max_abs", "latency_us", "decisive_agreement",
+                "ambiguous_share", "accuracy_delta", "drift_decisive_agreement"} <= set(v["verification"])
+        assert v["passed"] == (not v["verification"]["failed"]) == (v["verification"]["status"] == "pass")
     q8 = m["variants"]["int8"]["quantization"]
     assert q8["ops"]["FULLY_CONNECTED"] == {"int8": q8["ops"]["FULLY_CONNECTED"]["int8"]}
     assert m["variants"]["int16x8"]["quantization"]["ops"]["FULLY_CONNECTED"].keys() == {"int16"}
@@ -68,7 +69,7 @@ def test_build_records_the_microcontroller_check(tiny_artifacts):
 def test_verify_passes_and_names_a_missed_bar(tiny_artifacts, tmp_path):
     ok = CliRunner().invoke(cli, ["verify", "--artifacts", str(tiny_artifacts), "--variant", "float32"])
     assert ok.exit_code == 0, ok.output
-    assert "all bars passed" in ok.output and "float32" in ok.output
+    assert "all bars passed" in ok.output and "float32" in ok.output and "decisive" in ok.output
     strict = tmp_path / "strict.toml"
     strict.write_text("[verify]\nfloat_max_abs = 1e-12\ndrift_steps = 200\n")
     bad = CliRunner().invoke(cli, ["verify", "--artifacts", str(tiny_artifacts), "--variant", "float32",
@@ -108,3 +109,13 @@ def _small_verify(tmp_path):
     p = tmp_path / "small.toml"
     p.write_text("[verify]\ndrift_steps = 500\nlatency_steps = 100\n[quantize]\ncalibration_stream_steps = 100\n")
     return p
+
+
+def test_verify_reports_a_variant_without_decisive_steps_as_not_judgeable(tiny_artifacts, tmp_path):
+    cfg = tmp_path / "margin.toml"  # no output is 0.9 away from 0.5: nothing is decisive
+    cfg.write_text("[verify]\ndecisive_margin = 0.9\ndrift_steps = 200\nlatency_steps = 10\n")
+    out = CliRunner().invoke(cli, ["verify", "--artifacts", str(tiny_artifacts), "--variant", "int8",
+                                   "--config", str(cfg)])
+    assert out.exit_code == VerificationError.exit_code, out.output
+    assert "not judgeable" in out.output and "int8 not judgeable: 0 of " in out.output
+    assert "bar missed" not in out.output
