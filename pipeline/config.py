@@ -17,6 +17,8 @@ from runtime.errors import ConfigError
 
 RNN_KINDS = ("lstm", "gru", "simple_rnn")
 CELL_LAYOUTS = ("per_gate", "fused")
+SEARCH_MODES = ("until_pass", "all", "off")
+RECIPE_NAMES = ("per_gate", "fused", "long_stream", "trim_c", "per_tensor")  # pipeline.recipes.RECIPES
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,15 @@ class QuantizeConfig:
     calibration_sequences: int = 100_000
     calibration_stream_steps: int = 5000
     seed: int = 7
+    # Recipe search per quantized variant (pipeline.recipes): the candidates in order,
+    # judged on the validation split (search_sequences windows and
+    # a no-reset stream of search_stream_steps) by the [verify] bars. "until_pass" stops
+    # at the first that passes, "all" tries every one and keeps the best passing one,
+    # "off" keeps the first.
+    recipes: tuple[str, ...] = RECIPE_NAMES
+    search: str = "until_pass"
+    search_sequences: int = 400
+    search_stream_steps: int = 3000
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,12 @@ def _validate(cfg: BuildConfig) -> None:
     bad = set(cfg.quantize.variants) - {"float32", "int16x8", "int8"}
     if bad or "float32" not in cfg.quantize.variants:
         raise ConfigError("[quantize] variants must include float32 and only float32, int16x8, int8")
+    q = cfg.quantize
+    if not q.recipes or set(q.recipes) - set(RECIPE_NAMES) or q.search not in SEARCH_MODES:
+        raise ConfigError(f"[quantize] recipes must list some of {', '.join(RECIPE_NAMES)}; search must be one "
+                          f"of {', '.join(SEARCH_MODES)} (got {list(q.recipes)}, {q.search!r})")
+    if q.search_sequences < 1 or q.search_stream_steps < 1:
+        raise ConfigError("[quantize] search_sequences and search_stream_steps must be positive")
     if cfg.quantize.cell_layout not in CELL_LAYOUTS:
         raise ConfigError(f"[quantize] cell_layout must be one of {', '.join(CELL_LAYOUTS)}")
     d = cfg.data

@@ -58,10 +58,16 @@ class Rounding:
 
 
 class Int8StepSim:
-    """The per-gate LSTM step graph (``cells.lstm_cell``) in float, or rounded like int8."""
+    """The per-gate LSTM step graph (``cells.lstm_cell``, with LeakyReLU and Dropout between
+    the layers) in float, or rounded like int8."""
 
     def __init__(self, model: keras.Model):
         self.lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+        self.slopes = {}  # LSTM index -> the negative slope of the LeakyReLU after it
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.LeakyReLU):
+                self.slopes[len([la for la in model.layers[:model.layers.index(layer)]
+                                 if isinstance(la, keras.layers.LSTM)]) - 1] = float(layer.negative_slope)
         self.head = model.layers[-1]
         self.variables = [tf.Variable(w) for layer in self.lstms + [self.head] for w in layer.get_weights()]
         _, _, _, q = self.step(tf.zeros([1, self.variables[0].shape[0]]), self.zero_states(1))
@@ -69,10 +75,15 @@ class Int8StepSim:
 
     @staticmethod
     def supports(model: keras.Model) -> bool:
-        """LSTM layers (default activations, with bias), dropout, a sigmoid/softmax Dense head."""
+        """LSTM layers (default activations, with bias), Dropout and one LeakyReLU after an
+        LSTM between them, a sigmoid/softmax Dense head."""
         *body, head = model.layers
         lstms = [la for la in body if isinstance(la, keras.layers.LSTM)]
-        others_ok = all(isinstance(la, (keras.layers.LSTM, keras.layers.Dropout)) for la in body)
+        kinds = (keras.layers.LSTM, keras.layers.Dropout, keras.layers.LeakyReLU)
+        leaky = [i for i, la in enumerate(body) if isinstance(la, keras.layers.LeakyReLU)]
+        others_ok = (all(isinstance(la, kinds) for la in body) and bool(body)
+                     and isinstance(body[0], keras.layers.LSTM)
+                     and all(not isinstance(body[i - 1], keras.layers.LeakyReLU) for i in leaky))
         lstms_ok = all(la.use_bias and la.activation.__name__ == "tanh"
                        and la.recurrent_activation.__name__ == "sigmoid" for la in lstms)
         head_ok = (isinstance(head, keras.layers.Dense) and head.use_bias
@@ -114,6 +125,8 @@ class Int8StepSim:
             c = q(f"{n}.c", q(f"{n}.fc", f * c) + q(f"{n}.ic", i * g))
             x = h = q(f"{n}.h", o * q.fixed(tf.tanh(c), TANH_RANGE))
             new += [h, c]
+            if n in self.slopes:
+                x = q(f"{n}.leaky", tf.nn.leaky_relu(h, alpha=self.slopes[n]))
         W, b = next(w), next(w)
         logits = q("logits", x @ (W if ranges is None else fake_quant_weights(W)) + b)
         y = tf.sigmoid(logits) if W.shape[-1] == 1 else tf.nn.softmax(logits)

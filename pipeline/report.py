@@ -91,6 +91,11 @@ def write_report(directory: Path, manifest: dict, results: dict[str, dict],
                   f"- decisive steps: {f['decisive_steps']} of {f['steps']} "
                   f"({f['ambiguous_share'] * 100:.1f} % ambiguous)",
                   f"- quantization: `{json.dumps(spec['quantization'].get('ops', {}))}`"]
+        recipe = spec["quantization"].get("recipe")
+        if recipe:
+            tried = "; ".join(f"{t['recipe']} {t['status']}" + (f" (worst figure {t['worst']:.2f} of its bar)"
+                                                                if "worst" in t else "") for t in recipe["tried"])
+            lines.append(f"- recipe: **{recipe['name']}** (chosen on the {recipe['selected_on']}; tried: {tried})")
         micro = spec.get("micro") or {}
         if micro:
             lines.append(f"- TFLite Micro: `{json.dumps(micro)}`")
@@ -121,3 +126,10 @@ def table(results: dict[str, dict]) -> str:
 def _pct(v: float, width: int, digits: int = 2) -> str:
     return f"{'n/a':>{width}}%" if np.isnan(v) else f"{v * 100:>{width}.{digits}f}%"
 
+
+def append_recommendation(directory: Path, recommended: dict[str, dict]) -> None:
+    """Add the per-target recommendation to an existing report.md."""
+    lines = ["", "## Recommended variant per target", ""]
+    lines += [f"- {target}: **{r['variant'] or 'none'}** ({r['why']})" for target, r in recommended.items()]
+    with (directory / "report.md").open("a") as f:
+        f.write("\n".join(lines) + "\n")

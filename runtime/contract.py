@@ -173,6 +173,7 @@ class ModelContract:
     window: WindowSpec
     variants: dict[str, VariantSpec]
     default_variant: str
+    recommended: dict[str, Any] = field(default_factory=dict)  # target -> {"variant", "why"}
 
     @property
     def output(self) -> OutputSpec:
@@ -228,6 +229,7 @@ class ModelContract:
                 window=WindowSpec(length=d["window"].get("length"), reset=d["window"]["reset"]),
                 variants={k: _variant_from_dict(k, v) for k, v in d["variants"].items()},
                 default_variant=str(d["default_variant"]),
+                recommended=dict(d.get("recommended", {})),
             )
         except ContractError:
             raise

@@ -30,6 +30,8 @@ def _summary(result) -> None:
     for v, f in result.results.items():
         for line in f["failed"]:
             click.echo(f"bar missed: {line}" if f["status"] == "fail" else line)
+    for target, r in c.recommended.items():
+        click.echo(f"recommended for {target}: {r['variant'] or 'none'} ({r['why']})")
     click.echo(f"\nartifacts: {result.out}  (default variant {c.default_variant}, "
                f"{len(c.states)} state tensors, built in {result.seconds:.0f} s)")
 
@@ -49,9 +51,12 @@ def build_cmd(data: str | None, config_path: Path | None, out: Path) -> None:
               help="Sequences (.npz/.csv with labels) for calibration and verification.")
 @_config
 @_out
-def convert_cmd(model: str, data: str, config_path: Path | None, out: Path) -> None:
+@click.option("--finetune/--no-finetune", default=True, show_default=True,
+              help="Also try a copy fine-tuned through the simulated integer step graph for the "
+                   "quantized variants (kept only where it passes more bars on validation data).")
+def convert_cmd(model: str, data: str, config_path: Path | None, out: Path, finetune: bool) -> None:
     """Same as build, from an existing trained Keras model (.keras or .h5)."""
-    _summary(convert_artifacts(model, data, load_config(config_path), out))
+    _summary(convert_artifacts(model, data, load_config(config_path), out, finetune=finetune))
 
 
 @click.command("verify")

@@ -119,3 +119,17 @@ def test_verify_reports_a_variant_without_decisive_steps_as_not_judgeable(tiny_a
     assert out.exit_code == VerificationError.exit_code, out.output
     assert "not judgeable" in out.output and "int8 not judgeable: 0 of " in out.output
     assert "bar missed" not in out.output
+
+
+def test_manifest_records_each_quantized_variants_recipe_and_a_recommendation(tiny_artifacts):
+    m = json.loads((tiny_artifacts / "manifest.json").read_text())
+    for v in ("int16x8", "int8"):
+        recipe = m["variants"][v]["quantization"]["recipe"]
+        assert recipe["name"] in [t["recipe"] for t in recipe["tried"]] and recipe["selected_on"] == "validation split"
+        assert all({"status", "settings"} <= set(t) for t in recipe["tried"])
+    linux, mcu = m["recommended"]["linux"], m["recommended"]["microcontroller"]
+    passing = [v for v, spec in m["variants"].items() if spec["passed"]]
+    assert linux["variant"] == min(passing, key=lambda v: m["variants"][v]["verification"]["latency_us"])
+    assert mcu["variant"] in passing + [None] and mcu["why"]
+    report = (tiny_artifacts / "report" / "report.md").read_text()
+    assert "## Recommended variant per target" in report and "- recipe: **" in report

@@ -47,8 +47,8 @@ def test_all_ambiguous_reference_is_not_judgeable_even_with_tiny_errors():
     f = _judge("int8", ref, got, y)
     assert f["agreement"] < 1.0 and np.isnan(f["decisive_agreement"]) and f["ambiguous_share"] == 1.0
     assert f["status"] == "not judgeable" and not f["judgeable"]
-    assert f["failed"] == [f"int8 not judgeable: 0 of 200 steps are decisive (Keras margin >= 0.02), "
-                           f"bar: a share >= 0.05"]
+    assert f["failed"] == [("int8 not judgeable: 0 of 200 steps are decisive (Keras margin >= 0.02), "
+                            "bar: a share >= 0.05")]
 
 
 def test_one_flip_on_a_decisive_step_fails_decisive_agreement_alone():
