@@ -17,7 +17,7 @@ SOURCES := $(wildcard pipeline/*.py runtime/*.py firmware_bridge/*.py stepwise_c
 # What the device environments run (no TensorFlow there).
 DEVICE_TESTS := tests/runtime tests/firmware_bridge tests/stepwise_cli tests/test_architecture.py
 
-.PHONY: tools build test test-build test-device test-device-3.13 serve bench bundle clean env device-env
+.PHONY: tools build test test-build test-device test-device-3.13 serve bench quantbench bundle clean env device-env
 
 ## Environments ---------------------------------------------------------------------
 # Build host: TensorFlow, Keras, converters, plots.
@@ -101,6 +101,11 @@ bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	$(VENV)/bin/python -m bench.streams all --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python \
 		--streams 1000 --rates 50 --seconds 60 --clients libmosquitto,paho
 	$(DEVICE_VENV)/bin/python -m bench.fuzz --artifacts $(ARTIFACTS)
+
+# Quantization zoo: models trained with plain Keras (cached in build/quantbench/models),
+# converted and judged per variant; prints the table and writes build/quantbench/quantbench.{json,md}.
+quantbench: $(VENV)/.installed
+	$(VENV)/bin/python -m bench.quantbench --cache build/quantbench
 
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info
