@@ -140,6 +140,7 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     failed_float = results["float32"]["failed"]
     if failed_float:
         raise VerificationError("float32 step model failed parity (a stepwise bug): " + "; ".join(failed_float))
+    _attribute(step, sp, stage, contract, results)
     variants = {v: replace(spec, verification=results[v], passed=results[v]["status"] == "pass")
                 for v, spec in contract.variants.items()}
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
@@ -154,6 +155,21 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     _phase("exporting the firmware files")
     export_c(contract, stage)
     return contract, results
+
+
+def _attribute(step: StepModel, sp: Split, stage: Path, contract: C.ModelContract, results: dict) -> None:
+    """Each quantized variant's error per tensor and layer (``pipeline.attribution``) on up
+    to 64 test windows, into its verification figures and the report."""
+    from pipeline.attribution import attribute
+    from pipeline.report import append_attribution
+
+    float_blob = (stage / contract.variants["float32"].file).read_bytes()
+    names = [(s.input, s.output, s.shape) for s in step.states]
+    for v, spec in contract.variants.items():
+        if v != "float32":
+            results[v]["attribution"] = attribute(float_blob, (stage / spec.file).read_bytes(), names,
+                                                  sp.X_test[:64])
+    append_attribution(stage / "report", {v: f["attribution"] for v, f in results.items() if "attribution" in f})
 
 
 def _micro_check(contract: C.ModelContract, stage: Path, sp: Split, cfg: VerifyConfig) -> dict[str, dict]:

@@ -133,3 +133,18 @@ def append_recommendation(directory: Path, recommended: dict[str, dict]) -> None
     lines += [f"- {target}: **{r['variant'] or 'none'}** ({r['why']})" for target, r in recommended.items()]
     with (directory / "report.md").open("a") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def append_attribution(directory: Path, attribution: dict[str, dict]) -> None:
+    """Add where each quantized variant's error comes from (``pipeline.attribution``)."""
+    lines = ["", "## Where the quantization error comes from", "",
+             "Per layer, its tensor with the largest RMS error relative to the float tensor "
+             "(`lsb`: the error in steps of the tensor's own grid; `clamped`: share of float "
+             "values outside the range the grid holds).", ""]
+    for v, a in attribution.items():
+        lines += [f"### {v}", "", "| layer | worst tensor | relative error | lsb | clamped |", "|---|---|---|---|---|"]
+        lines += [f"| {r['layer']} | `{r['tensor'][:60]}` | {r['rel_error']:.4f} | {r['lsb']:.2f} | "
+                  f"{r['clamped'] * 100:.2f} % |" for r in a["layers"]]
+        lines.append("")
+    with (directory / "report.md").open("a") as f:
+        f.write("\n".join(lines) + "\n")

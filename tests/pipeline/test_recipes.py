@@ -91,3 +91,26 @@ def test_trim_drops_the_rows_with_the_most_extreme_cell_states():
 def test_bad_recipe_settings_are_refused_by_name(bad):
     with pytest.raises(ConfigError, match=r"\[quantize\]"):
         load_config(quantize=bad)
+
+
+def test_attribution_names_the_layer_where_per_tensor_scales_lose_the_signal(lopsided, tmp_path):
+    from pipeline import convert as conv
+    from pipeline.attribution import attribute
+
+    model, sp = lopsided
+    cfg = load_config(quantize={"calibration_sequences": 80, "calibration_stream_steps": 120})
+    s = recipes.Search(model, sp, cfg, tmp_path)
+    step, saved = s.step_model("per_gate")
+    float_blob = conv.convert(saved, "float32", [])
+    names = [(st.input, st.output, st.shape) for st in step.states]
+    found = {}
+    for per_channel in (True, False):
+        r = recipes.Recipe("x", per_channel=per_channel)
+        blob = conv.convert(saved, "int8", s.calibration(r), per_channel=per_channel)
+        found[per_channel] = attribute(float_blob, blob, names, sp.X_test[:16])
+    layers = {r["layer"]: r for r in found[False]["layers"]}
+    cell = step.cells[0].name
+    assert cell in layers and layers[cell]["rel_error"] > 0.2  # the recurrent layer loses the signal
+    good = {r["layer"]: r for r in found[True]["layers"]}
+    assert good[cell]["rel_error"] < layers[cell]["rel_error"] / 4
+    assert all(0.0 <= r["clamped"] <= 1.0 and r["lsb"] >= 0 for r in found[True]["tensors"])
