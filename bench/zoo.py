@@ -95,12 +95,16 @@ def entries() -> list[Entry]:
     ]
 
 
+FINETUNE_EPOCHS = 10  # fine-tuning of the zoo's models in convert (the default is 30): machine time
+
+
 def build_config(entry: Entry, quantize: dict | None = None) -> BuildConfig:
     """The configuration each entry is converted with (its data split included), with
     ``quantize`` overriding [quantize] settings."""
     if entry.default_build_seed is not None:
         return load_config(train={"seed": entry.default_build_seed, "verbose": 0}, quantize=quantize or {})
-    return dataclasses.replace(load_config(quantize=quantize or {}), data=DataConfig(seed=entry.seed))
+    cfg = load_config(quantize=quantize or {}, train={"qat_epochs": FINETUNE_EPOCHS, "verbose": 0})
+    return dataclasses.replace(cfg, data=DataConfig(seed=entry.seed))
 
 
 def trained(entry: Entry, cache: Path) -> tuple[keras.Model, Split]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from pipeline.config import load_config
 from pipeline.data import split, synthetic
 from pipeline.stepmodel import keras_sequence_outputs
-from runtime.cli import cli
+from stepwise_cli.main import cli
 from runtime.engine import Engine
 
 SMALL = {"data": {"sequences": 400, "seed": 5}, "train": {"qat_epochs": 2, "qat_streams": 4, "verbose": 0},
