@@ -201,7 +201,8 @@ def _convert_variants(model: keras.Model, step: StepModel, sp: Split, cfg: Build
             if v == "float32":
                 blob = conv.convert(step.save(Path(tmp) / "saved_float32"), v, [])
             else:
-                blob, recipe, ft = choose(recipes.search(plain, v), copy and recipes.search(copy, v), tuned[1])
+                found = recipes.search(plain, v)  # the copy is quantized with the recipe kept for the model
+                blob, recipe, ft = choose(found, copy and recipes.search(copy, v, only=found[1]["name"]), tuned[1])
                 extra = {"recipe": recipe, "finetune": ft}
             name = f"step_{v}.tflite"
             (stage / name).write_bytes(blob)

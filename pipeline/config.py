@@ -94,7 +94,7 @@ class QuantizeConfig:
     # a no-reset stream of search_stream_steps) by the [verify] bars. "until_pass" stops
     # at the first that passes, "all" tries every one and keeps the best passing one,
     # "off" keeps the first.
-    recipes: tuple[str, ...] = RECIPE_NAMES
+    recipes: tuple[str, ...] = ("per_gate", "fused", "trim_c", "long_stream")  # also: "per_tensor"
     search: str = "until_pass"
     search_sequences: int = 400
     search_stream_steps: int = 3000

@@ -145,13 +145,14 @@ class Search:
         return step.output_kind
 
 
-def search(s: Search, variant: str) -> tuple[bytes, dict]:
+def search(s: Search, variant: str, only: str | None = None) -> tuple[bytes, dict]:
     """The kept variant's flatbuffer, and the manifest's record of the search (``missed``:
-    bars the kept recipe missed on validation)."""
+    bars the kept recipe missed on validation); ``only``: just that recipe."""
     qc = s.cfg.quantize
     has_c = any(st.kind == "c" for st in s.step_model(qc.cell_layout)[0].states)
     tried: list[Tried] = []
-    for r in candidates(qc, has_c):
+    chosen = candidates(qc, has_c) if only is None else [RECIPES[only](qc)]
+    for r in chosen:
         tried.append(s.try_recipe(variant, r))
         log.info("recipe %s for %s on the validation split: %s (worst figure %.2f of its bar)", r.name,
                  variant, tried[-1].figures["status"], tried[-1].figures.get("worst", math.inf))
