@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    results = []
+    results, text = [], ""
     for entry in zoo.entries():
         if args.only and entry.name not in args.only:
             continue
@@ -127,15 +127,20 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"name": entry.name, "error": f"{type(e).__name__}: {e}"})
             continue
         log.info("%s done in %.0f s", entry.name, results[-1]["seconds"])
-    out = args.out or args.cache / "quantbench.json"
+        text = write(results, args.out or args.cache / "quantbench.json")  # after each model
+    print(text)
+    return 0
+
+
+def write(results: list[dict], out: Path) -> str:
+    """``out`` (JSON) and its ``.md`` twin (table, bench bars, the models); the text."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=float) + "\n")
     text = "\n".join([table(results), "", *summary(results), "",
                       *[f"- {r['name']}: {r['model']} ({r['classes']} classes, {r['test_sequences']} test "
                         f"sequences, {r['seconds']:.0f} s)" for r in results if "error" not in r]])
-    (out.with_suffix(".md")).write_text(text + "\n")
-    print(text)
-    return 0
+    out.with_suffix(".md").write_text(text + "\n")
+    return text
 
 
 if __name__ == "__main__":
