@@ -96,7 +96,7 @@ def test_convert_a_model_trained_elsewhere(tmp_path):
         out = tmp_path / f"out{suffix}"
         res = CliRunner().invoke(cli, ["convert", str(tmp_path / f"model{suffix}"), "--data",
                                        str(tmp_path / "data.npz"), "--out", str(out), "--config",
-                                       str(_small_verify(tmp_path))])
+                                       str(_small_verify(tmp_path)), "--no-finetune"])
         assert res.exit_code == 0, res.output
         c = load_contract(out)
         assert c.input.mean == (0.0, 0.0, 0.0) and c.input.std == (1.0, 1.0, 1.0)  # the model's own inputs
@@ -107,7 +107,8 @@ def test_convert_a_model_trained_elsewhere(tmp_path):
 
 def _small_verify(tmp_path):
     p = tmp_path / "small.toml"
-    p.write_text("[verify]\ndrift_steps = 500\nlatency_steps = 100\n[quantize]\ncalibration_stream_steps = 100\n")
+    p.write_text("[verify]\ndrift_steps = 500\nlatency_steps = 100\n[quantize]\ncalibration_stream_steps = 100\n"
+                 "recipes = [\"per_gate\"]\n")
     return p
 
 
