@@ -80,6 +80,7 @@ def test_verify_passes_and_names_a_missed_bar(tiny_artifacts, tmp_path):
 
 def test_convert_a_model_trained_elsewhere(tmp_path):
     """Stacked LSTM with LeakyReLU and Dropout, trained outside stepwise, saved as .keras and .h5."""
+    keras.backend.clear_session()  # layer names (and so state names) as in a fresh process
     keras.utils.set_random_seed(4)
     rng = np.random.default_rng(4)
     X = rng.normal(size=(120, 7, 3)).astype(np.float32)
