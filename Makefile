@@ -17,7 +17,7 @@ SOURCES := $(wildcard pipeline/*.py runtime/*.py firmware_bridge/*.py stepwise_c
 # What the device environments run (no TensorFlow there).
 DEVICE_TESTS := tests/runtime tests/firmware_bridge tests/stepwise_cli tests/test_architecture.py
 
-.PHONY: tools build test test-build test-device test-device-3.13 serve bench bundle clean env device-env windowhead livebench
+.PHONY: tools build test test-build test-device test-device-3.13 serve bench bundle clean env device-env windowhead livebench quantbench
 
 ## Environments ---------------------------------------------------------------------
 # Build host: TensorFlow, Keras, converters, plots.
@@ -110,6 +110,11 @@ windowhead: $(VENV)/.installed
 livebench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	@test -f $(ARTIFACTS)/manifest.json || $(MAKE) build
 	$(VENV)/bin/python -m bench.live_bench --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python
+
+# Quantization zoo: models trained with plain Keras (cached in build/quantbench/models),
+# converted and judged per variant; prints the table and writes build/quantbench/quantbench.{json,md}.
+quantbench: $(VENV)/.installed
+	$(VENV)/bin/python -m bench.quantbench --cache build/quantbench
 
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info

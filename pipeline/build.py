@@ -60,15 +60,17 @@ def build_artifacts(cfg: BuildConfig, out: str | os.PathLike, data: str | None =
 
 
 def convert_artifacts(model_path: str | os.PathLike, data: str, cfg: BuildConfig,
-                      out: str | os.PathLike) -> BuildResult:
-    """A model trained elsewhere: ``data`` calibrates and verifies; inputs go in as-is."""
+                      out: str | os.PathLike, finetune: bool = True) -> BuildResult:
+    """A model trained elsewhere: ``data`` calibrates and verifies; inputs go in as-is.
+    With ``finetune``, a copy fine-tuned for the quantized variants is tried as well
+    (``pipeline.finetune``); the float32 variant is always the model as given."""
     t0 = time.monotonic()
     _phase("loading the model and data")
     model = load_keras_model(model_path)
     seqs = load_training_data(data, cfg.data)
     sp = split(seqs, cfg.data, normalise=False)
     _check_data_fits(model, sp)
-    return package(model, sp, cfg, Path(out), None, t0)
+    return package(model, sp, cfg, Path(out), None, t0, finetune=finetune)
 
 
 def _check_data_fits(model: keras.Model, sp: Split) -> None:
@@ -80,14 +82,19 @@ def _check_data_fits(model: keras.Model, sp: Split) -> None:
 
 
 def package(model: keras.Model, sp: Split, cfg: BuildConfig, out: Path,
-            trained: TrainResult | None, t0: float) -> BuildResult:
+            trained: TrainResult | None, t0: float, finetune: bool = False) -> BuildResult:
+    """Step model, variants, verification and export of ``model`` into ``out``; with
+    ``finetune``, the quantized variants may come from a fine-tuned copy."""
     _phase("building the one-step model")
     step = StepModel.from_keras(model, cfg.quantize.cell_layout)  # refuses unstreamable models first
     _check_step_parity(model, step, sp)
+    from pipeline.finetune import finetuned_copy
+
+    tuned = finetuned_copy(model, sp, cfg) if finetune else (None, {"ran": False, "why": "turned off"})
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
-        contract, results = _stage(model, step, sp, cfg, stage, trained)
+        contract, results = _stage(model, step, sp, cfg, stage, trained, tuned)
         _promote(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -112,7 +119,7 @@ def _check_step_parity(model: keras.Model, step: StepModel, sp: Split) -> None:
 
 
 def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
-           trained: TrainResult | None) -> tuple[C.ModelContract, dict]:
+           trained: TrainResult | None, tuned: tuple) -> tuple[C.ModelContract, dict]:
     model.save(stage / MODEL_FILE)
     (stage / "config.toml").write_text(cfg.to_toml())
     if trained is not None:
@@ -120,7 +127,7 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     np.savez(stage / TEST_DATA, X=sp.raw(sp.X_test), y=sp.y_test,
              feature_names=np.array(sp.feature_names))
     _phase(f"converting and quantizing ({', '.join(cfg.quantize.variants)})")
-    variants = _convert_variants(step, sp, cfg, stage)
+    variants = _convert_variants(model, step, sp, cfg, stage, tuned)
     contract = _contract(step, sp, variants, default="float32")
     C.write_contract(contract, stage)
     _phase("checking each variant with TFLite Micro")
@@ -134,14 +141,36 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     failed_float = results["float32"]["failed"]
     if failed_float:
         raise VerificationError("float32 step model failed parity (a stepwise bug): " + "; ".join(failed_float))
-    variants = {v: replace(spec, verification=results[v], passed=not results[v]["failed"])
+    _attribute(step, sp, stage, contract, results)
+    variants = {v: replace(spec, verification=results[v], passed=results[v]["status"] == "pass")
                 for v, spec in contract.variants.items()}
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
-    contract = _contract(step, sp, variants, default="float32" if "float32" in passed else passed[0])
+    from pipeline.recommend import recommend
+
+    contract = replace(_contract(step, sp, variants, default="float32" if "float32" in passed else passed[0]),
+                       recommended=recommend(variants))
+    from pipeline.report import append_recommendation
+
+    append_recommendation(stage / "report", contract.recommended)
     C.write_contract(contract, stage)
     _phase("exporting the firmware files")
     export_c(contract, stage, warm=warmup_payload(stage) if step.window_head else None)
     return contract, results
+
+
+def _attribute(step: StepModel, sp: Split, stage: Path, contract: C.ModelContract, results: dict) -> None:
+    """Each quantized variant's error per tensor and layer (``pipeline.attribution``) on up
+    to 64 test windows, into its verification figures and the report."""
+    from pipeline.attribution import attribute
+    from pipeline.report import append_attribution
+
+    float_blob = (stage / contract.variants["float32"].file).read_bytes()
+    names = [(s.input, s.output, s.shape) for s in step.states]
+    for v, spec in contract.variants.items():
+        if v != "float32":
+            results[v]["attribution"] = attribute(float_blob, (stage / spec.file).read_bytes(), names,
+                                                  sp.X_test[:64])
+    append_attribution(stage / "report", {v: f["attribution"] for v, f in results.items() if "attribution" in f})
 
 
 def _micro_check(contract: C.ModelContract, stage: Path, sp: Split, cfg: VerifyConfig) -> dict[str, dict]:
@@ -156,21 +185,33 @@ def _micro_check(contract: C.ModelContract, stage: Path, sp: Split, cfg: VerifyC
     return found
 
 
-def _convert_variants(step: StepModel, sp: Split, cfg: BuildConfig, stage: Path) -> dict[str, C.VariantSpec]:
-    qc = cfg.quantize
-    calibration = conv.calibration_inputs(step, conv.calibration_set(sp.X_train, qc))
+def _convert_variants(model: keras.Model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
+                      tuned: tuple) -> dict[str, C.VariantSpec]:
+    """float32 from ``step`` as it is; each quantized variant by its recipe search, from
+    ``model`` or from the fine-tuned copy ``tuned[0]`` (``pipeline.finetune.choose``)."""
+    from pipeline import recipes
+    from pipeline.finetune import choose
+
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:
-        saved = step.save(Path(tmp) / "saved_model")
-        for v in qc.variants:
+        plain = recipes.Search(model, sp, cfg, Path(tmp) / "plain")
+        copy = None if tuned[0] is None else recipes.Search(model, sp, cfg, Path(tmp) / "tuned", tuned[0])
+        for v in cfg.quantize.variants:
             t = time.monotonic()
-            blob = conv.convert(saved, v, calibration)
+            extra = {}
+            if v == "float32":
+                blob = conv.convert(step.save(Path(tmp) / "saved_float32"), v, [])
+            else:
+                found = recipes.search(plain, v)  # the copy is quantized with the recipe kept for the model
+                blob, recipe, ft = choose(found, copy and recipes.search(copy, v, only=found[1]["name"]), tuned[1])
+                extra = {"recipe": recipe, "finetune": ft}
             name = f"step_{v}.tflite"
             (stage / name).write_bytes(blob)
             log.info("converted %s: %d bytes in %.1f s", v, len(blob), time.monotonic() - t)
+            summary = conv.quantization_summary(blob, v) | extra
             variants[v] = C.VariantSpec(
                 name=v, file=name, sha256=C.sha256_file(stage / name), bytes=len(blob),
-                tensors=conv.tensor_map(blob), quantization=conv.quantization_summary(blob, v),
+                tensors=conv.tensor_map(blob), quantization=summary,
             )
     return variants
 

@@ -107,7 +107,7 @@ def safe_name(name: str, taken: set[str]) -> str:
 
 # -- recurrent layers ----------------------------------------------------------------
 def lstm_cell(cl: ChainLayer, name: str, layout: str) -> Cell:
-    """The LSTM step. ``pipeline.train.Int8StepSim`` simulates this graph (per-gate layout)
+    """The LSTM step. ``pipeline.quantsim.Int8StepSim`` simulates this graph (per-gate layout)
     with int8 rounding at each tensor the converter quantizes: keep the two in step."""
     layer = cl.layer
     w = layer.get_weights()

@@ -17,6 +17,8 @@ from runtime.errors import ConfigError
 
 RNN_KINDS = ("lstm", "gru", "simple_rnn")
 CELL_LAYOUTS = ("per_gate", "fused")
+SEARCH_MODES = ("until_pass", "all", "off")
+RECIPE_NAMES = ("per_gate", "fused", "long_stream", "trim_c", "per_tensor")  # pipeline.recipes.RECIPES
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class TrainConfig:
     seed: int = 7
     verbose: int = 2
     # Quantization-aware fine-tuning after the fit (LSTM stacks under a sigmoid/softmax Dense
-    # head; 0 epochs turns it off): pipeline.train.quantization_aware_finetune. Its loss:
+    # head; 0 epochs turns it off): pipeline.qat.quantization_aware_finetune. Its loss:
     # cross-entropy at each window's last step (+ qat_prefix_weight * its mean over the
     # earlier steps, which trains each prefix as an early prediction; off by default, since
     # it pulls prefixes that cannot tell the class yet onto the class boundary, where int8
@@ -87,6 +89,15 @@ class QuantizeConfig:
     calibration_sequences: int = 100_000
     calibration_stream_steps: int = 5000
     seed: int = 7
+    # Recipe search per quantized variant (pipeline.recipes): the candidates in order,
+    # judged on the validation split (search_sequences windows and
+    # a no-reset stream of search_stream_steps) by the [verify] bars. "until_pass" stops
+    # at the first that passes, "all" tries every one and keeps the best passing one,
+    # "off" keeps the first.
+    recipes: tuple[str, ...] = ("per_gate", "fused", "trim_c", "long_stream")  # also: "per_tensor"
+    search: str = "until_pass"
+    search_sequences: int = 400
+    search_stream_steps: int = 3000
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,13 @@ class VerifyConfig:
     int8_agreement: float = 0.995
     int8_p99: float = 0.03
     int8_max: float = 0.10
+    # Decisions: agreement bars count the steps where Keras's decision margin (|y - 0.5|
+    # for one sigmoid unit, top-1 minus top-2 otherwise) is at least decisive_margin; a
+    # variant whose reference has a smaller share of such steps than min_decisive_share is
+    # "not judgeable" (it does not pass); the final-step accuracy may drop by accuracy_drop.
+    decisive_margin: float = 0.02
+    min_decisive_share: float = 0.05
+    accuracy_drop: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -173,6 +191,12 @@ def _validate(cfg: BuildConfig) -> None:
     bad = set(cfg.quantize.variants) - {"float32", "int16x8", "int8"}
     if bad or "float32" not in cfg.quantize.variants:
         raise ConfigError("[quantize] variants must include float32 and only float32, int16x8, int8")
+    q = cfg.quantize
+    if not q.recipes or set(q.recipes) - set(RECIPE_NAMES) or q.search not in SEARCH_MODES:
+        raise ConfigError(f"[quantize] recipes must list some of {', '.join(RECIPE_NAMES)}; search must be one "
+                          f"of {', '.join(SEARCH_MODES)} (got {list(q.recipes)}, {q.search!r})")
+    if q.search_sequences < 1 or q.search_stream_steps < 1:
+        raise ConfigError("[quantize] search_sequences and search_stream_steps must be positive")
     if cfg.quantize.cell_layout not in CELL_LAYOUTS:
         raise ConfigError(f"[quantize] cell_layout must be one of {', '.join(CELL_LAYOUTS)}")
     d = cfg.data
@@ -180,6 +204,10 @@ def _validate(cfg: BuildConfig) -> None:
         raise ConfigError("[data] val_fraction and test_fraction must be in (0, 1) and sum below 1")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.learning_rate <= 0:
         raise ConfigError("[train] epochs, batch_size and learning_rate must be positive")
+    v = cfg.verify
+    if not (0.0 <= v.decisive_margin < 1.0 and 0.0 <= v.min_decisive_share <= 1.0 and v.accuracy_drop >= 0.0):
+        raise ConfigError("[verify] decisive_margin must be in [0, 1), min_decisive_share in [0, 1], "
+                          f"accuracy_drop >= 0 (got {v.decisive_margin}, {v.min_decisive_share}, {v.accuracy_drop})")
     t = cfg.train
     positive = ("qat_learning_rate", "qat_streams", "qat_stream_steps", "qat_stream_restart",
                 "qat_state_bound", "qat_logit_bound")

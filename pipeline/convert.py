@@ -32,7 +32,7 @@ class Calibration:
     ``[m, T, F]`` rolled out from zero states, one no-reset ``stream`` ``[1, steps, F]``,
     and the continuations of ``continue_until_closed`` (``seed``). All of it is fixed by
     the data and the configuration, so quantization-aware fine-tuning can simulate the
-    very ranges the converter will calibrate (``pipeline.train``)."""
+    very ranges the converter will calibrate (``pipeline.qat``)."""
 
     windows: np.ndarray
     stream: np.ndarray
@@ -113,9 +113,13 @@ def _one(step: StepModel, x: np.ndarray, states: list[np.ndarray]) -> dict[str, 
     return d
 
 
-def convert(saved_model: Path, variant: str, calibration: list[dict[str, np.ndarray]]) -> bytes:
-    """One variant's flatbuffer. Only TFLite builtin ops are allowed (no Flex)."""
+def convert(saved_model: Path, variant: str, calibration: list[dict[str, np.ndarray]],
+            per_channel: bool = True) -> bytes:
+    """One variant's flatbuffer. Only TFLite builtin ops are allowed (no Flex).
+    ``per_channel``: one weight scale per output channel of each FULLY_CONNECTED (else one
+    per tensor)."""
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[SIGNATURE_KEY])
+    conv._experimental_disable_per_channel_quantization_for_dense_layers = not per_channel
     if variant == "float32":
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     else:

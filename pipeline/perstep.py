@@ -94,7 +94,9 @@ def layer_norm_cell(cl: ChainLayer, name: str, layout: str) -> Cell:
     def fn(x):
         mean = tf.reduce_mean(x, axis=-1, keepdims=True)
         centred = x - mean
-        var = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+        # centred * centred, not tf.square: the converter would fuse the latter into
+        # SQUARED_DIFFERENCE, which has no int16 kernel (the int16x8 variant could not run).
+        var = tf.reduce_mean(centred * centred, axis=-1, keepdims=True)
         y = centred * tf.math.rsqrt(var + eps)
         if gamma is not None:
             y = y * gamma

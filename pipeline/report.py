@@ -121,8 +121,15 @@ def write_report(directory: Path, manifest: dict, results: dict[str, dict], ref:
         lines += [f"### {v}", "",
                   f"- file `{spec['file']}`, {spec['bytes']} bytes, sha256 `{spec['sha256'][:16]}...`",
                   f"- bars: {', '.join(f['bars'].values())}",
-                  f"- result: {'pass' if not f['failed'] else 'FAIL: ' + '; '.join(f['failed'])}",
+                  f"- result: {f['status']}" + (": " + "; ".join(f["failed"]) if f["failed"] else ""),
+                  f"- decisive steps: {f['decisive_steps']} of {f['steps']} "
+                  f"({f['ambiguous_share'] * 100:.1f} % ambiguous)",
                   f"- quantization: `{json.dumps(spec['quantization'].get('ops', {}))}`"]
+        recipe = spec["quantization"].get("recipe")
+        if recipe:
+            tried = "; ".join(f"{t['recipe']} {t['status']}" + (f" (worst figure {t['worst']:.2f} of its bar)"
+                                                                if "worst" in t else "") for t in recipe["tried"])
+            lines.append(f"- recipe: **{recipe['name']}** (chosen on the {recipe['selected_on']}; tried: {tried})")
         micro = spec.get("micro") or {}
         if micro:
             lines.append(f"- TFLite Micro: `{json.dumps(micro)}`")
@@ -135,14 +142,43 @@ def write_report(directory: Path, manifest: dict, results: dict[str, dict], ref:
 
 def table(results: dict[str, dict]) -> str:
     """A fixed-width table of the headline figures, one row per variant."""
-    head = f"{'variant':<9} {'max|dy|':>10} {'p99|dy|':>10} {'agree':>8} {'acc':>7} " \
-           f"{'drift max':>10} {'drift p99':>10} {'drift agr':>9} {'step us':>8}  result"
+    head = (f"{'variant':<9} {'max|dy|':>9} {'p99|dy|':>9} {'agree':>8} {'decisive':>8} {'ambig':>6} "
+            f"{'acc':>7} {'d acc':>6} {'drift max':>9} {'drift p99':>9} {'drift dec':>9} "
+            f"{'step us':>7}  result")
     rows = [head, "-" * len(head)]
     for v, f in results.items():
         rows.append(
-            f"{v:<9} {f['max_abs']:>10.2e} {f['p99_abs']:>10.2e} {f['agreement'] * 100:>7.2f}% "
-            f"{f['accuracy'] * 100:>6.2f}% {f['drift_max_abs']:>10.2e} {f['drift_p99_abs']:>10.2e} "
-            f"{f['drift_agreement'] * 100:>8.2f}% {f['latency_us']:>8.1f}  "
-            f"{'pass' if not f['failed'] else 'FAIL'}"
+            f"{v:<9} {f['max_abs']:>9.2e} {f['p99_abs']:>9.2e} {_pct(f['agreement'], 7)} "
+            f"{_pct(f['decisive_agreement'], 7)} {_pct(f['ambiguous_share'], 5, 1)} "
+            f"{_pct(f['accuracy'], 6)} {f['accuracy_delta'] * 100:>+6.2f} {f['drift_max_abs']:>9.2e} "
+            f"{f['drift_p99_abs']:>9.2e} {_pct(f['drift_decisive_agreement'], 8)} "
+            f"{f.get('latency_us', float('nan')):>7.1f}  {f['status']}"
         )
     return "\n".join(rows)
+
+
+def _pct(v: float, width: int, digits: int = 2) -> str:
+    return f"{'n/a':>{width}}%" if np.isnan(v) else f"{v * 100:>{width}.{digits}f}%"
+
+
+def append_recommendation(directory: Path, recommended: dict[str, dict]) -> None:
+    """Add the per-target recommendation to an existing report.md."""
+    lines = ["", "## Recommended variant per target", ""]
+    lines += [f"- {target}: **{r['variant'] or 'none'}** ({r['why']})" for target, r in recommended.items()]
+    with (directory / "report.md").open("a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def append_attribution(directory: Path, attribution: dict[str, dict]) -> None:
+    """Add where each quantized variant's error comes from (``pipeline.attribution``)."""
+    lines = ["", "## Where the quantization error comes from", "",
+             "Per layer, its tensor with the largest RMS error relative to the float tensor "
+             "(`lsb`: the error in steps of the tensor's own grid; `clamped`: share of float "
+             "values outside the range the grid holds).", ""]
+    for v, a in attribution.items():
+        lines += [f"### {v}", "", "| layer | worst tensor | relative error | lsb | clamped |", "|---|---|---|---|---|"]
+        lines += [f"| {r['layer']} | `{r['tensor'][:60]}` | {r['rel_error']:.4f} | {r['lsb']:.2f} | "
+                  f"{r['clamped'] * 100:.2f} % |" for r in a["layers"]]
+        lines.append("")
+    with (directory / "report.md").open("a") as f:
+        f.write("\n".join(lines) + "\n")

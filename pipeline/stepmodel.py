@@ -111,7 +111,8 @@ class StepModel(tf.Module):
         spec_iter = iter(self.states)
         for cell in self.cells:
             mine = [next(it) for _ in cell.states]
-            x, new = cell.fn(x, mine)
+            with tf.name_scope(cell.name):  # tensor names say their layer (pipeline.attribution)
+                x, new = cell.fn(x, mine)
             for tensor in new:
                 out[next(spec_iter).output] = tf.identity(tensor)
         return {OUTPUT_NAME: tf.identity(x), **out}

@@ -2,10 +2,17 @@
 
 Figures per variant (docs/DESIGN.md, "Quality bars"):
 - ``parity``: |y_variant - y_keras| over every prefix of every test sequence (max, p99);
-- ``agreement``: share of those steps where the variant's class equals Keras's class;
-- ``accuracy``: final-step class against the labels (and Keras's own, for reference);
+- ``agreement``: share of those steps where the variant's class equals Keras's class, and
+  ``decisive_agreement`` over the steps where Keras's decision margin is at least
+  ``VerifyConfig.decisive_margin`` (``ambiguous_share``: the rest; ``pipeline.decisions``);
+- ``accuracy``: final-step class against the labels, Keras's own, and the delta;
 - ``drift``: the same over one long stream with no reset (``drift_steps`` samples);
 - ``latency_us``: median engine step time (informational).
+
+Pass rule of a quantized variant: decisive agreement (windows and the drift stream), p99
+(and for int8 max) |dy| and the accuracy drop within their bars. A variant whose Keras
+reference has too few decisive steps (``min_decisive_share``) is *not judgeable*: it does
+not pass. ``status`` is ``pass``, ``fail`` or ``not judgeable``.
 """
 from __future__ import annotations
 
@@ -18,9 +25,10 @@ import numpy as np
 
 from pipeline.artifacts import MODEL_FILE, TEST_DATA, load_keras_model
 from pipeline.config import VerifyConfig
+from pipeline.decisions import accuracy_figures, decision_figures, judgeable
 from pipeline.report import write_report
 from pipeline.stepmodel import keras_sequence_outputs
-from runtime.contract import classes, load_contract
+from runtime.contract import load_contract
 from runtime.engine import Engine
 from runtime.replay import replay
 
@@ -35,7 +43,9 @@ class Bar:
     higher_is_better: bool
 
     def passes(self, value: float) -> bool:
-        return value >= self.limit if self.higher_is_better else value <= self.limit
+        """NaN never passes; a figure equal to the limit does (to within float rounding)."""
+        slack = 1e-9 * max(1.0, abs(self.limit))
+        return value >= self.limit - slack if self.higher_is_better else value <= self.limit + slack
 
     def describe(self) -> str:
         return f"{self.figure} {'>=' if self.higher_is_better else '<='} {self.limit:g}"
@@ -45,28 +55,28 @@ def bars_for(variant: str, cfg: VerifyConfig) -> list[Bar]:
     if variant == "float32":
         return [Bar("float32 parity", "max_abs", cfg.float_max_abs, False),
                 Bar("float32 drift parity", "drift_max_abs", cfg.float_max_abs * 10, False)]
-    if variant == "int16x8":
-        return [Bar("int16x8 agreement", "agreement", cfg.int16x8_agreement, True),
-                Bar("int16x8 p99", "p99_abs", cfg.int16x8_p99, False),
-                Bar("int16x8 drift agreement", "drift_agreement", cfg.int16x8_agreement, True),
-                Bar("int16x8 drift p99", "drift_p99_abs", cfg.int16x8_p99, False)]
-    return [Bar("int8 agreement", "agreement", cfg.int8_agreement, True),
-            Bar("int8 p99", "p99_abs", cfg.int8_p99, False),
-            Bar("int8 max", "max_abs", cfg.int8_max, False),
-            Bar("int8 drift agreement", "drift_agreement", cfg.int8_agreement, True),
-            Bar("int8 drift p99", "drift_p99_abs", cfg.int8_p99, False),
-            Bar("int8 drift max", "drift_max_abs", cfg.int8_max, False)]
+    agree, p99 = (cfg.int16x8_agreement, cfg.int16x8_p99) if variant == "int16x8" else \
+        (cfg.int8_agreement, cfg.int8_p99)
+    bars = [Bar(f"{variant} decisive agreement", "decisive_agreement", agree, True),
+            Bar(f"{variant} p99", "p99_abs", p99, False),
+            Bar(f"{variant} accuracy drop", "accuracy_drop", cfg.accuracy_drop, False),
+            Bar(f"{variant} drift decisive agreement", "drift_decisive_agreement", agree, True),
+            Bar(f"{variant} drift p99", "drift_p99_abs", p99, False)]
+    if variant == "int8":
+        bars += [Bar("int8 max", "max_abs", cfg.int8_max, False),
+                 Bar("int8 drift max", "drift_max_abs", cfg.int8_max, False)]
+    return bars
 
 
-def compare(ref: np.ndarray, got: np.ndarray, kind: str, prefix: str = "") -> dict[str, float]:
+def compare(ref: np.ndarray, got: np.ndarray, kind: str, margin: float, prefix: str = "") -> dict[str, float]:
+    """Distance and decision figures of ``got`` against ``ref`` (both ``[..., units]``)."""
     d = np.abs(got.astype(np.float64) - ref.astype(np.float64)).reshape(-1)
     return {
         f"{prefix}max_abs": float(d.max()),
         f"{prefix}p99_abs": float(np.percentile(d, 99)),
         f"{prefix}mean_abs": float(d.mean()),
-        f"{prefix}agreement": float(np.mean(classes(ref, kind) == classes(got, kind))),
         f"{prefix}steps": int(np.prod(ref.shape[:-1])),
-    }
+    } | decision_figures(ref, got, kind, margin, prefix)
 
 
 def long_stream(X: np.ndarray, steps: int, seed: int) -> np.ndarray:
@@ -107,16 +117,30 @@ def verify_variant(artifacts: Path, variant: str, kind: str, X_raw: np.ndarray, 
                    stream_raw: np.ndarray, stream_ref: np.ndarray, y_true: np.ndarray,
                    cfg: VerifyConfig) -> dict:
     ys, latency, backend = engine_outputs(artifacts, variant, X_raw)
-    figures = compare(ref, ys, kind)
     stream_ys, _, _ = engine_outputs(artifacts, variant, stream_raw)
-    figures |= compare(stream_ref, stream_ys, kind, prefix="drift_")
-    figures["accuracy"] = float(np.mean(classes(ys[:, -1], kind) == y_true))
-    figures["keras_accuracy"] = float(np.mean(classes(ref[:, -1], kind) == y_true))
-    figures["latency_us"] = latency
-    figures["backend"] = backend
-    failed = [b for b in bars_for(variant, cfg) if not b.passes(figures[b.figure])]
-    figures["bars"] = {b.name: b.describe() for b in bars_for(variant, cfg)}
-    figures["failed"] = [f"{b.name}: {b.figure}={figures[b.figure]:.6g}, bar {b.describe()}" for b in failed]
+    figures = judge(variant, kind, ref, ys, stream_ref, stream_ys, y_true, cfg)
+    return figures | {"latency_us": latency, "backend": backend}
+
+
+def judge(variant: str, kind: str, ref: np.ndarray, ys: np.ndarray, stream_ref: np.ndarray,
+          stream_ys: np.ndarray, y_true: np.ndarray, cfg: VerifyConfig) -> dict:
+    """The figures and the verdict of one variant's outputs ``ys`` ``[m, T, units]`` on the
+    test windows and ``stream_ys`` ``[1, steps, units]`` on the no-reset stream, against
+    the Keras outputs ``ref``/``stream_ref`` and the labels ``y_true`` ``[m]``."""
+    figures = compare(ref, ys, kind, cfg.decisive_margin)
+    figures |= compare(stream_ref, stream_ys, kind, cfg.decisive_margin, prefix="drift_")
+    figures |= accuracy_figures(ref[:, -1], ys[:, -1], y_true, kind)
+    bars = bars_for(variant, cfg)
+    failed = [f"{b.name}: {b.figure}={figures[b.figure]:.6g}, bar {b.describe()}"
+              for b in bars if not b.passes(figures[b.figure])]
+    figures["judgeable"] = variant == "float32" or judgeable(figures, cfg.min_decisive_share)
+    if not figures["judgeable"]:
+        failed = [f"{variant} not judgeable: {figures['decisive_steps']} of {figures['steps']} steps are "
+                  f"decisive (Keras margin >= {cfg.decisive_margin:g}), bar: a share >= "
+                  f"{cfg.min_decisive_share:g}"]
+    figures["bars"] = {b.name: b.describe() for b in bars}
+    figures["failed"] = failed
+    figures["status"] = "not judgeable" if not figures["judgeable"] else ("fail" if failed else "pass")
     return figures
 
 

@@ -190,6 +190,7 @@ class ModelContract:
     window: WindowSpec
     variants: dict[str, VariantSpec]
     default_variant: str
+    recommended: dict[str, Any] = field(default_factory=dict)  # target -> {"variant", "why"}
 
     @property
     def output(self) -> OutputSpec:
@@ -248,6 +249,7 @@ class ModelContract:
                                   warmup=int(d["window"].get("warmup", 0))),
                 variants={k: _variant_from_dict(k, v) for k, v in d["variants"].items()},
                 default_variant=str(d["default_variant"]),
+                recommended=dict(d.get("recommended", {})),
             )
         except ContractError:
             raise

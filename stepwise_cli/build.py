@@ -29,7 +29,9 @@ def _summary(result) -> None:
     click.echo(table(result.results))
     for v, f in result.results.items():
         for line in f["failed"]:
-            click.echo(f"bar missed: {line}")
+            click.echo(f"bar missed: {line}" if f["status"] == "fail" else line)
+    for target, r in c.recommended.items():
+        click.echo(f"recommended for {target}: {r['variant'] or 'none'} ({r['why']})")
     click.echo(f"\nartifacts: {result.out}  (default variant {c.default_variant}, "
                f"{len(c.states)} state tensors, built in {result.seconds:.0f} s)")
 
@@ -49,9 +51,12 @@ def build_cmd(data: str | None, config_path: Path | None, out: Path) -> None:
               help="Sequences (.npz/.csv with labels) for calibration and verification.")
 @_config
 @_out
-def convert_cmd(model: str, data: str, config_path: Path | None, out: Path) -> None:
+@click.option("--finetune/--no-finetune", default=True, show_default=True,
+              help="Also try a copy fine-tuned through the simulated integer step graph for the "
+                   "quantized variants (kept only where it passes more bars on validation data).")
+def convert_cmd(model: str, data: str, config_path: Path | None, out: Path, finetune: bool) -> None:
     """Same as build, from an existing trained Keras model (.keras or .h5)."""
-    _summary(convert_artifacts(model, data, load_config(config_path), out))
+    _summary(convert_artifacts(model, data, load_config(config_path), out, finetune=finetune))
 
 
 @click.command("verify")
@@ -63,9 +68,12 @@ def verify_cmd(artifacts: Path, config_path: Path | None, variant: tuple[str, ..
     cfg = load_config(config_path if config_path else _saved_config(artifacts))
     results = verify_all(artifacts, cfg.verify, variants=list(variant) or None)
     click.echo(table(results))
-    failed = [line for f in results.values() for line in f["failed"]]
+    for f in results.values():
+        for line in f["failed"]:
+            click.echo(f"bar missed: {line}" if f["status"] == "fail" else line)
+    failed = [v for v, f in results.items() if f["status"] != "pass"]
     if failed:
-        raise VerificationError("bar missed: " + "; ".join(failed))
+        raise VerificationError(", ".join(f"{v} {results[v]['status']}" for v in failed))
     click.echo("all bars passed")
 
 

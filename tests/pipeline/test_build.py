@@ -33,8 +33,9 @@ def test_manifest_describes_the_model_completely(tiny_artifacts):
         assert v["sha256"] == hashlib.sha256(blob).hexdigest() and v["bytes"] == len(blob)
         assert set(v["tensors"]) == names
         assert len({t["index"] for t in v["tensors"].values()}) == len(names)
-        assert {"max_abs", "p99_abs", "agreement", "accuracy", "drift_max_abs", "latency_us"} <= set(v["verification"])
-        assert v["passed"] == (not v["verification"]["failed"])
+        assert {"max_abs", "p99_abs", "agreement", "accuracy", "drift_max_abs", "latency_us", "decisive_agreement",
+                "ambiguous_share", "accuracy_delta", "drift_decisive_agreement"} <= set(v["verification"])
+        assert v["passed"] == (not v["verification"]["failed"]) == (v["verification"]["status"] == "pass")
     q8 = m["variants"]["int8"]["quantization"]
     assert q8["ops"]["FULLY_CONNECTED"] == {"int8": q8["ops"]["FULLY_CONNECTED"]["int8"]}
     assert m["variants"]["int16x8"]["quantization"]["ops"]["FULLY_CONNECTED"].keys() == {"int16"}
@@ -68,7 +69,7 @@ def test_build_records_the_microcontroller_check(tiny_artifacts):
 def test_verify_passes_and_names_a_missed_bar(tiny_artifacts, tmp_path):
     ok = CliRunner().invoke(cli, ["verify", "--artifacts", str(tiny_artifacts), "--variant", "float32"])
     assert ok.exit_code == 0, ok.output
-    assert "all bars passed" in ok.output and "float32" in ok.output
+    assert "all bars passed" in ok.output and "float32" in ok.output and "decisive" in ok.output
     strict = tmp_path / "strict.toml"
     strict.write_text("[verify]\nfloat_max_abs = 1e-12\ndrift_steps = 200\n")
     bad = CliRunner().invoke(cli, ["verify", "--artifacts", str(tiny_artifacts), "--variant", "float32",
@@ -79,6 +80,7 @@ def test_verify_passes_and_names_a_missed_bar(tiny_artifacts, tmp_path):
 
 def test_convert_a_model_trained_elsewhere(tmp_path):
     """Stacked LSTM with LeakyReLU and Dropout, trained outside stepwise, saved as .keras and .h5."""
+    keras.backend.clear_session()  # layer names (and so state names) as in a fresh process
     keras.utils.set_random_seed(4)
     rng = np.random.default_rng(4)
     X = rng.normal(size=(120, 7, 3)).astype(np.float32)
@@ -95,7 +97,7 @@ def test_convert_a_model_trained_elsewhere(tmp_path):
         out = tmp_path / f"out{suffix}"
         res = CliRunner().invoke(cli, ["convert", str(tmp_path / f"model{suffix}"), "--data",
                                        str(tmp_path / "data.npz"), "--out", str(out), "--config",
-                                       str(_small_verify(tmp_path))])
+                                       str(_small_verify(tmp_path)), "--no-finetune"])
         assert res.exit_code == 0, res.output
         c = load_contract(out)
         assert c.input.mean == (0.0, 0.0, 0.0) and c.input.std == (1.0, 1.0, 1.0)  # the model's own inputs
@@ -106,5 +108,30 @@ def test_convert_a_model_trained_elsewhere(tmp_path):
 
 def _small_verify(tmp_path):
     p = tmp_path / "small.toml"
-    p.write_text("[verify]\ndrift_steps = 500\nlatency_steps = 100\n[quantize]\ncalibration_stream_steps = 100\n")
+    p.write_text("[verify]\ndrift_steps = 500\nlatency_steps = 100\n[quantize]\ncalibration_stream_steps = 100\n"
+                 "recipes = [\"per_gate\"]\n")
     return p
+
+
+def test_verify_reports_a_variant_without_decisive_steps_as_not_judgeable(tiny_artifacts, tmp_path):
+    cfg = tmp_path / "margin.toml"  # no output is 0.9 away from 0.5: nothing is decisive
+    cfg.write_text("[verify]\ndecisive_margin = 0.9\ndrift_steps = 200\nlatency_steps = 10\n")
+    out = CliRunner().invoke(cli, ["verify", "--artifacts", str(tiny_artifacts), "--variant", "int8",
+                                   "--config", str(cfg)])
+    assert out.exit_code == VerificationError.exit_code, out.output
+    assert "not judgeable" in out.output and "int8 not judgeable: 0 of " in out.output
+    assert "bar missed" not in out.output
+
+
+def test_manifest_records_each_quantized_variants_recipe_and_a_recommendation(tiny_artifacts):
+    m = json.loads((tiny_artifacts / "manifest.json").read_text())
+    for v in ("int16x8", "int8"):
+        recipe = m["variants"][v]["quantization"]["recipe"]
+        assert recipe["name"] in [t["recipe"] for t in recipe["tried"]] and recipe["selected_on"] == "validation split"
+        assert all({"status", "settings"} <= set(t) for t in recipe["tried"])
+    linux, mcu = m["recommended"]["linux"], m["recommended"]["microcontroller"]
+    passing = [v for v, spec in m["variants"].items() if spec["passed"]]
+    assert linux["variant"] == min(passing, key=lambda v: m["variants"][v]["verification"]["latency_us"])
+    assert mcu["variant"] in passing + [None] and mcu["why"]
+    report = (tiny_artifacts / "report" / "report.md").read_text()
+    assert "## Recommended variant per target" in report and "- recipe: **" in report

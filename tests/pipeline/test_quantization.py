@@ -15,7 +15,9 @@ from pipeline import convert as conv
 from pipeline.config import load_config
 from pipeline.data import split, synthetic
 from pipeline.stepmodel import SIGNATURE_KEY, StepModel, keras_sequence_outputs
-from pipeline.train import Int8StepSim, fake_quant, quantization_aware_finetune, train
+from pipeline.qat import quantization_aware_finetune
+from pipeline.quantsim import Int8StepSim, fake_quant
+from pipeline.train import train
 from runtime.contract import load_contract
 from runtime.errors import ConfigError
 
@@ -86,6 +88,25 @@ def test_simulated_step_graph_in_float_is_the_keras_model(small):
     np.testing.assert_allclose(np.stack(ys, 1), keras_sequence_outputs(model, X), atol=1e-5)
     assert set(sim.groups) >= {"x", "0.z", "0.c", "0.h", "1.c", "logits"}
     assert sim.groups["0.z"] == 4  # one range per gate, as the per-gate layout converts
+
+
+def test_simulated_step_graph_covers_leaky_relu_and_dropout_between_lstms(small):
+    _, sp, _ = small
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((sp.steps, sp.features)), keras.layers.LSTM(6, return_sequences=True),
+                              keras.layers.LeakyReLU(0.2), keras.layers.Dropout(0.3), keras.layers.LSTM(3),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    assert Int8StepSim.supports(model)
+    sim, X = Int8StepSim(model), sp.X_test[:8]
+    states, ys = sim.zero_states(len(X)), []
+    for t in range(X.shape[1]):
+        y, _, states, _ = sim.step(tf.constant(X[:, t]), states)
+        ys.append(y.numpy())
+    np.testing.assert_allclose(np.stack(ys, 1), keras_sequence_outputs(model, X), atol=1e-5)
+    assert "0.leaky" in sim.groups  # the LeakyReLU output is a tensor int8 rounds
+    norm_first = keras.Sequential([keras.Input((sp.steps, sp.features)), keras.layers.LayerNormalization(),
+                                   keras.layers.LSTM(3), keras.layers.Dense(1, activation="sigmoid")])
+    assert not Int8StepSim.supports(norm_first)
 
 
 def test_calibration_puts_each_state_input_on_its_output_grid(small, tmp_path):

@@ -1,0 +1,89 @@
+"""``stepwise convert`` of a model trained elsewhere, with and without fine-tuning: the
+float32 variant is the user's file at every step, the copy is kept only when it misses
+fewer bars on validation, ``--no-finetune`` turns it off, and architectures the simulated
+graph does not cover are left as they were."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.config import load_config
+from pipeline.data import split, synthetic
+from pipeline.stepmodel import keras_sequence_outputs
+from stepwise_cli.main import cli
+from runtime.engine import Engine
+
+SMALL = {"data": {"sequences": 400, "seed": 5}, "train": {"qat_epochs": 2, "qat_streams": 4, "verbose": 0},
+         "quantize": {"calibration_sequences": 80, "calibration_stream_steps": 200, "search_stream_steps": 300,
+                      "recipes": ["per_gate"], "variants": ["float32", "int8"]},
+         "verify": {"drift_steps": 300}}
+
+
+@pytest.fixture(scope="module")
+def user_model(tmp_path_factory):
+    """An LSTM(8) -> LeakyReLU -> Dropout -> LSTM(4) -> Dense(sigmoid) fitted with plain Keras,
+    saved as the user's file, and its data as .npz."""
+    cfg = load_config(**SMALL)
+    seqs = synthetic(cfg.data)
+    sp = split(seqs, cfg.data, normalise=False)
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((7, 3)), keras.layers.LSTM(8, return_sequences=True),
+                              keras.layers.LeakyReLU(0.1), keras.layers.Dropout(0.2), keras.layers.LSTM(4),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    model.fit(sp.X_train, sp.y_train.astype(np.float32), epochs=3, verbose=0)
+    d = tmp_path_factory.mktemp("user")
+    model.save(d / "user.keras")
+    np.savez(d / "data.npz", X=seqs.as_array(), y=seqs.y)
+    (d / "small.toml").write_text("\n".join(
+        f"[{section}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+        for section, values in SMALL.items()) + "\n")
+    return d
+
+
+def _convert(d, out, *flags):
+    result = CliRunner().invoke(cli, ["convert", str(d / "user.keras"), "--data", str(d / "data.npz"),
+                                      "--config", str(d / "small.toml"), "--out", str(out), *flags])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "manifest.json").read_text()), result.output
+
+
+def test_finetuned_conversion_keeps_the_users_model_as_float32(user_model, tmp_path):
+    manifest, output = _convert(user_model, tmp_path / "ft")
+    ft = manifest["variants"]["int8"]["quantization"]["finetune"]
+    assert ft["ran"] is True and "simulation" in ft
+    if "plain_missed" in ft:  # the copy changed: kept exactly when it misses fewer bars
+        assert ft["kept"] == (ft["finetuned_missed"] < ft["plain_missed"])
+    else:  # the simulation found no gain: nothing to compare, plain quantization
+        assert ft["kept"] is False and ft["why"]
+    user = keras.models.load_model(user_model / "user.keras", compile=False)
+    X = np.load(user_model / "data.npz")["X"][:32]
+    engine = Engine.load(tmp_path / "ft", variant="float32", lanes=len(X), reset="never")
+    ys = np.stack([engine.step_lanes(X[:, t]).y.copy() for t in range(X.shape[1])], axis=1)
+    np.testing.assert_allclose(ys, keras_sequence_outputs(user, X), atol=1e-5)  # every step
+    saved = keras.models.load_model(tmp_path / "ft" / "model.keras", compile=False)
+    for a, b in zip(saved.get_weights(), user.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the reference in the artifacts is the user's model
+
+
+def test_no_finetune_turns_it_off_and_unsupported_models_are_left_alone(user_model, tmp_path):
+    from pipeline.finetune import finetuned_copy
+
+    cfg = load_config(user_model / "small.toml")
+    sp = split(synthetic(cfg.data), cfg.data, normalise=False)
+    gru = keras.Sequential([keras.Input((7, 3)), keras.layers.GRU(4), keras.layers.Dense(1, activation="sigmoid")])
+    before = [w.copy() for w in gru.get_weights()]
+    copy, info = finetuned_copy(gru, sp, cfg)
+    assert copy is None and info["ran"] is False and "LSTM" in info["why"]
+    assert all(np.array_equal(a, b) for a, b in zip(before, gru.get_weights()))
+    gru.save(user_model / "gru.keras")
+    result = CliRunner().invoke(cli, ["convert", str(user_model / "gru.keras"), "--data",
+                                      str(user_model / "data.npz"), "--config", str(user_model / "small.toml"),
+                                      "--out", str(tmp_path / "gru"), "--no-finetune"])
+    assert result.exit_code == 0, result.output
+    ft = json.loads((tmp_path / "gru" / "manifest.json").read_text())["variants"]["int8"]["quantization"]["finetune"]
+    assert ft == {"ran": False, "why": "turned off", "kept": False}
