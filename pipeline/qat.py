@@ -18,9 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, VerifyConfig
 from pipeline.data import Split
 from pipeline.quantsim import Int8StepSim, Rounding, widen
+from runtime.contract import classes
 
 log = logging.getLogger(__name__)
 
@@ -134,21 +135,23 @@ def _qat_functions(sim: Int8StepSim, cfg: TrainConfig, classes: int, steps: int)
 
 
 def _classes(y: np.ndarray) -> np.ndarray:
-    return (y[..., 0] >= 0.5).astype(np.int64) if y.shape[-1] == 1 else np.argmax(y, axis=-1)
+    """The class decision of ``contract.classes`` (one unit: sigmoid, else argmax)."""
+    return classes(y, "sigmoid")
 
 
-def int8_figures(yf, yq, sf, sq) -> dict[str, float]:
+def int8_figures(yf, yq, sf, sq, bars: VerifyConfig = VerifyConfig()) -> dict[str, float]:
     """How close the simulated int8 outputs stay to float over every step of windows
     (``yf``/``yq`` ``[m, T, k]``) and no-reset streams (``sf``/``sq``): p99 and max |dy|
     and the share of steps whose class differs, and ``score``: the worst of them as a
-    fraction of its int8 bar (p99 0.03, max 0.10, disagreement 0.5 %)."""
+    fraction of its int8 bar in ``bars`` (p99, max, disagreement 1 - agreement)."""
     out, worst = {}, 0.0
     for part, f, q in (("windows", yf, yq), ("streams", sf, sq)):
         d = np.abs(np.asarray(q, np.float64) - np.asarray(f, np.float64))
         fig = {"p99": float(np.percentile(d, 99)), "max": float(d.max()),
                "disagree": float(np.mean(_classes(np.asarray(f)) != _classes(np.asarray(q))))}
         out |= {f"{part}_{k}": v for k, v in fig.items()}
-        worst = max(worst, fig["p99"] / 0.03, fig["max"] / 0.10, fig["disagree"] / 0.005)
+        worst = max(worst, fig["p99"] / bars.int8_p99, fig["max"] / bars.int8_max,
+                    fig["disagree"] / (1.0 - bars.int8_agreement))
     return out | {"score": float(worst)}
 
 
