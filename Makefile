@@ -63,8 +63,8 @@ tools:
 	@command -v chromium > /dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 test: tools $(VENV)/.installed $(DEVICE_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
-	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests
-	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE_VENV)/bin/pytest -q $(DEVICE_TESTS)
+	STEPWISE_REQUIRE_TOOLS=1 STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(VENV)/bin/pytest -q tests
+	STEPWISE_REQUIRE_TOOLS=1 STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE_VENV)/bin/pytest -q $(DEVICE_TESTS)
 	@$(MAKE) --no-print-directory test-device-3.13
 
 ifeq ($(PYTHON313),)
@@ -72,7 +72,7 @@ test-device-3.13:
 	@echo "device suite on Python 3.13: skipped (no python3.13 found under pyenv; set PYTHON313=/path/to/python3.13)"
 else
 test-device-3.13: $(DEVICE313_VENV)/.installed $(TEST_ARTIFACTS)/manifest.json
-	STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE313_VENV)/bin/pytest -q $(DEVICE_TESTS)
+	STEPWISE_REQUIRE_TOOLS=1 STEPWISE_TEST_ARTIFACTS=$(abspath $(TEST_ARTIFACTS)) $(DEVICE313_VENV)/bin/pytest -q $(DEVICE_TESTS)
 endif
 
 ## Demo, bench, bundle --------------------------------------------------------------

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tests.needs import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_TF = importlib.util.find_spec("tensorflow") is not None
@@ -87,6 +88,6 @@ def broker():
     from firmware_bridge.broker import LocalBroker, find_mosquitto
 
     if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (make tools)")
+        missing("mosquitto is not installed (make tools)")
     with LocalBroker() as b:
         yield b

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.needs import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE_PYTHON = ROOT / ".venv-device" / "bin" / "python"
@@ -43,7 +44,7 @@ def device_python(request) -> tuple[str, Path]:
     """(backend, python): the 3.11 device env, and the 3.13 venv installed from the bundle."""
     if request.param == "tflite_runtime":
         if not DEVICE_PYTHON.exists():
-            pytest.skip("no .venv-device (make device-env)")
+            missing("no .venv-device (make device-env)")
         return request.param, DEVICE_PYTHON
     return request.param, request.getfixturevalue("bundle_install").python
 

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from tests.needs import missing
 
 paho = pytest.importorskip("paho.mqtt.client")
 
@@ -53,7 +54,7 @@ def kind(request):
     from firmware_bridge.mqtt_clients import libmosquitto
 
     if request.param == "libmosquitto" and libmosquitto() is None:
-        pytest.skip("libmosquitto is not installed (it comes with mosquitto: make tools)")
+        missing("libmosquitto is not installed (it comes with mosquitto: make tools)")
     return request.param
 
 

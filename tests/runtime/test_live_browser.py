@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tests.needs import missing
 
 from cdp import Browser, chromium_path
 from test_serve import Port, Serve, _records
@@ -20,9 +21,12 @@ from runtime.live_http import LiveServer
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "build" / "live-view.png"
 
-pytest.importorskip("websocket", reason="websocket-client (a test dependency) is not installed")
+try:
+    import websocket  # noqa: F401  (websocket-client, a test dependency)
+except ImportError:
+    missing("websocket-client (a test dependency) is not installed")
 if chromium_path() is None:
-    pytest.skip("chromium is not installed (make tools installs the Debian package)", allow_module_level=True)
+    missing("chromium is not installed (make tools installs the Debian package)")
 
 
 @pytest.fixture(scope="module")
