@@ -80,7 +80,9 @@ def test_page_shows_what_the_daemon_was_fed_and_answered(tiny_artifacts, tmp_pat
     assert counters["samples"] == counters["predictions"] == str(n)
     assert counters["rejected: not numeric"] == "1" and counters["rejected: non finite"] == "1"
     assert counters["resets from the device"] == str(len(seqs) - 1)
-    assert counters["reconnects"] == "0" and counters["last checkpoint"].endswith(" s ago")
+    assert counters["reconnects"] == "0"
+    # the daemon's first checkpoint may land after the page was read
+    assert counters["last checkpoint"] == "none yet" or counters["last checkpoint"].endswith(" s ago")
     assert counters["view: points sent of samples seen"] == f"{n} of {n}"
     assert counters["view: points dropped (queues full)"] == "0"
     assert "threshold 0.5" in page["legend"] and page["drawn"] > 500
