@@ -232,7 +232,7 @@ def _role(path: Path, names: tuple[str, ...], wanted: str, role: str, default: s
     i = find_column(names, wanted)
     if i is None and wanted.casefold() != default:
         raise DataError(f"{path}: no {role} column {wanted!r} ({found(names)}); "
-                        f"set [data] {role}_column to one of them")
+                        f"name it with [data] {role}_column")
     return i
 
 

@@ -214,8 +214,12 @@ def _choose_npz_features(path: Path, X: np.ndarray, names: tuple[str, ...],
     if not wanted:
         return X, names
     unnamed = names == tuple(f"f{i}" for i in range(len(names)))
-    if unnamed and len(wanted) == len(names) and all(find_column(names, w) is None for w in wanted):
-        return X, tuple(wanted)  # no names in the file: positional
+    if unnamed and all(find_column(names, w) is None for w in wanted):  # no names in the file: positional
+        if len(wanted) != len(names):
+            raise DataError(f"{path}: X has {len(names)} features without names, for {len(wanted)} features "
+                            f"({', '.join(wanted)}); add feature_names to the file, or give X "
+                            f"{len(wanted)} features")
+        return X, tuple(wanted)
     order = []
     for w in wanted:
         i = find_column(names, w)

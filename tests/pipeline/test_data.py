@@ -236,3 +236,43 @@ def test_build_flags_reach_the_data_config(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["build", "--stride", "5", "--out", str(tmp_path / "o")])
     assert res.exit_code == ConfigError.exit_code
     assert "[data] stride = 5 needs [data] window (the window length) as well" in res.output
+
+
+CLI_BAD = {
+    "log_without_window": ("log.csv", "timestamp,ax,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(50)),
+                           [], "log.csv: one continuous log of 50 samples (no 'sequence' column): set [data] "
+                               "window = N (and stride) to cut it into training windows of N samples, or add a "
+                               "'sequence' column"),
+    "field_too_long": ("d.csv", "ax,label\n" + "1" * 140_000 + ",0\n", [],
+                       "d.csv:2: a field is longer than 131072 characters (each field must be one value)"),
+    "missing_feature": ("d.csv", "ax,ay,label\n1,2,0\n", ["--features", "ax,az"],
+                        "d.csv: no column 'az' for the feature 'az' (columns found: ax, ay, label); fix [data] "
+                        "features or --features"),
+    "missing_label_column": ("d.csv", "ax,ay,label\n1,2,0\n", ["--label-column", "class"],
+                             "d.csv: no label column 'class' (columns found: ax, ay, label); name it with "
+                             "[data] label_column"),
+    "window_too_long": ("d.csv", "sequence,ax,label\n1,0,a\n1,1,b\n2,0,a\n", ["--window", "3"],
+                        "d.csv: no sequence is as long as [data] window = 3 (the longest has 2 samples); use a "
+                        "smaller window"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_BAD))
+def test_bad_csv_is_one_line_exit_2_and_the_output_folder_is_not_created(case, tmp_path):
+    name, text, flags, message = CLI_BAD[case]
+    (tmp_path / name).write_text(text)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["build", "--data", str(tmp_path / name), *flags, "--out", str(out)])
+    assert res.exit_code == DataError.exit_code, res.output
+    assert f"Error: {tmp_path}/{message}\n" in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_dev_zero_as_data_is_refused_without_reading_it(tmp_path):
+    link = tmp_path / "zero.csv"
+    link.symlink_to("/dev/zero")
+    res = CliRunner().invoke(cli, ["build", "--data", str(link), "--out", str(tmp_path / "out")])
+    assert res.exit_code == DataError.exit_code
+    assert f"Error: {link} is not a regular file (a device, FIFO or socket): give a .csv or .npz file" in res.output
+    assert not (tmp_path / "out").exists()
