@@ -111,21 +111,7 @@ def read_table(path: Path, columns: Columns) -> Table:
     text = _decode(path, read_capped(path, MAX_CSV_BYTES))
     delimiter = sniff_delimiter(text)
     number = _number_reader(delimiter)
-    rows = _rows(path, text, delimiter)
-    if not rows:
-        raise DataError(f"{path}: empty CSV file")
-    first_line, first = rows[0]
-    headerless = all(number(c) is not None for c in first)
-    if headerless:
-        names = tuple(f"f{i}" for i in range(len(first)))
-        if columns.features and len(columns.features) != len(names):
-            raise DataError(f"{path}: {len(names)} columns and no header row, for {len(columns.features)} "
-                            f"features ({', '.join(columns.features)}); add a header row naming the columns")
-    else:
-        names = _header(path, first_line, first)
-        rows = rows[1:]
-    if not rows:
-        raise DataError(f"{path}: CSV has a header but no rows")
+    names, rows, headerless = _names_and_rows(path, text, delimiter, number, columns)
     seq_col = _role(path, names, columns.sequence, "sequence", default="sequence")
     lab_col = _role(path, names, columns.label, "label", default="label")
     if headerless and columns.features:  # no names: the features in order
@@ -133,18 +119,9 @@ def read_table(path: Path, columns: Columns) -> Table:
     else:
         feat_cols = _feature_columns(path, names, columns, (seq_col, lab_col), rows[0][1], number)
         feature_names = ()
-    values = np.empty((len(rows), len(feat_cols)), np.float32)
+    where = f"{_NAMES[delimiter]}-separated, like the {'first row' if headerless else 'header'}"
+    values = _values(path, rows, names, feat_cols, number, where)
     lines = [line for line, _ in rows]
-    for r, (line, row) in enumerate(rows):
-        if len(row) != len(names):
-            raise DataError(f"{path}:{line}: {len(row)} fields, expected {len(names)} "
-                            f"({_NAMES[delimiter]}-separated, like the {'header' if names[0] != 'f0' else 'first row'})")
-        for k, c in enumerate(feat_cols):
-            v = number(row[c])
-            if v is None:
-                raise DataError(f"{path}:{line}: non-numeric value {_shown(row[c])} in column {names[c]!r} "
-                                f"(features must be numbers; choose the columns with [data] features)")
-            values[r, k] = v
     _check_finite(path, values, lines, [names[c] for c in feat_cols])
     seq = [row[seq_col].strip() for _, row in rows] if seq_col is not None else None
     if not columns.features:
@@ -153,6 +130,38 @@ def read_table(path: Path, columns: Columns) -> Table:
     return Table(names=names, feature_names=feature_names or tuple(names[c] for c in feat_cols), values=values,
                  sequence=seq, labels=[row[lab_col].strip() for _, row in rows] if lab_col is not None else None,
                  lines=lines, label_name=names[lab_col] if lab_col is not None else None)
+
+
+def _names_and_rows(path: Path, text: str, delimiter: str, number, columns: Columns):
+    """``(column names, [(line, fields)] of the data rows, headerless)``."""
+    rows = _rows(path, text, delimiter)
+    if not rows:
+        raise DataError(f"{path}: empty CSV file")
+    first_line, first = rows[0]
+    if all(number(c) is not None for c in first):
+        names = tuple(f"f{i}" for i in range(len(first)))
+        if columns.features and len(columns.features) != len(names):
+            raise DataError(f"{path}: {len(names)} columns and no header row, for {len(columns.features)} "
+                            f"features ({', '.join(columns.features)}); add a header row naming the columns")
+        return names, rows, True
+    if len(rows) == 1:
+        raise DataError(f"{path}: CSV has a header but no rows")
+    return _header(path, first_line, first), rows[1:], False
+
+
+def _values(path: Path, rows: list, names: tuple[str, ...], cols: list[int], number, where: str) -> np.ndarray:
+    """``[rows, len(cols)]`` float32 of those columns; a short row or a non-number names its line."""
+    values = np.empty((len(rows), len(cols)), np.float32)
+    for r, (line, row) in enumerate(rows):
+        if len(row) != len(names):
+            raise DataError(f"{path}:{line}: {len(row)} fields, expected {len(names)} ({where})")
+        for k, c in enumerate(cols):
+            v = number(row[c])
+            if v is None:
+                raise DataError(f"{path}:{line}: non-numeric value {_shown(row[c])} in column {names[c]!r} "
+                                f"(features must be numbers; choose the columns with [data] features)")
+            values[r, k] = v
+    return values
 
 
 def _decode(path: Path, data: bytes) -> str:

@@ -15,8 +15,29 @@ import pytest
 
 from runtime.contract import load_contract
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "tests" / "tiny.toml"
+# Smaller than tests/tiny.toml: these builds test the data path, so float32 only.
+TINY = """
+[model]
+units = [8]
+[train]
+epochs = 3
+qat_epochs = 0
+verbose = 0
+[quantize]
+variants = ["float32"]
+calibration_sequences = 40
+calibration_stream_steps = 200
+[verify]
+drift_steps = 300
+latency_steps = 100
+"""
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "data.toml"
+    path.write_text(TINY)
+    return path
 
 
 def _stepwise(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -40,10 +61,10 @@ def _log(path: Path, rows: int = 1200, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def windowed(tmp_path_factory):
+def windowed(tmp_path_factory, config):
     tmp = tmp_path_factory.mktemp("windowed")
     data = _log(tmp / "log.csv")
-    res = _stepwise("-q", "build", "--data", data, "--config", TINY, "--window", 20, "--stride", 10,
+    res = _stepwise("-q", "build", "--data", data, "--config", config, "--window", 20, "--stride", 10,
                     "--window-label", "majority", "--out", tmp / "out", cwd=tmp)
     return tmp, res
 
@@ -72,7 +93,7 @@ def test_replay_prints_the_class_names(windowed):
     assert [r["label"] for r in records] == [output.label_of(np.array(r["y"])) for r in records]
 
 
-def test_semicolon_bom_quoted_file_with_other_column_names_builds(tmp_path):
+def test_semicolon_bom_quoted_file_with_other_column_names_builds(tmp_path, config):
     rng = np.random.default_rng(1)
     lines = ['"Rec";"Millis";"AX";"AY";"Class"']
     for r in range(90):
@@ -82,7 +103,7 @@ def test_semicolon_bom_quoted_file_with_other_column_names_builds(tmp_path):
             lines.append(f"r{r};{t * 10};{ax:.4f}".replace(".", ",") + f";{rng.normal():.4f};{label}".replace(".", ","))
     data = tmp_path / "excel.csv"
     data.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode())
-    res = _stepwise("-q", "build", "--data", data, "--config", TINY, "--label-column", "class",
+    res = _stepwise("-q", "build", "--data", data, "--config", config, "--label-column", "class",
                     "--sequence-column", "rec", "--features", "ay,ax", "--out", tmp_path / "out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     c = load_contract(tmp_path / "out")
