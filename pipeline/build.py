@@ -221,8 +221,9 @@ def _contract(step: StepModel, sp: Split, variants: dict[str, C.VariantSpec], de
               data: DataConfig = DataConfig()) -> C.ModelContract:
     units = step.units
     labels = tuple(str(i) for i in range(max(2, units) if step.output_kind == "sigmoid" else units))
-    if sp.class_names and len(sp.class_names) == len(labels):  # text labels: the class names
-        labels = tuple(sp.class_names)
+    names = getattr(sp, "class_names", None)
+    if names and len(names) == len(labels):  # text labels: the class names
+        labels = tuple(names)
     return C.ModelContract(
         schema_version=C.SCHEMA_VERSION,
         tool={"name": "stepwise", "version": __version__, "tensorflow": tf.__version__,
