@@ -26,7 +26,7 @@ AEON_WHEEL = "aeon==1.6.0"
 
 def order_task(m: int, T: int, F: int, seed: int) -> Sequences:
     """stepwise's own synthetic task (which of two bumps came first), 2 classes."""
-    return synthetic(DataConfig(sequences=m, steps=T, features=F, seed=seed))
+    return synthetic(DataConfig(sequences=m, steps=T, synthetic_features=F, seed=seed))
 
 
 def sines(m: int, T: int, F: int, classes: int, seed: int, noise: float = 0.4) -> Sequences:

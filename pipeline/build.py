@@ -25,8 +25,8 @@ from pipeline import __version__
 from pipeline import convert as conv
 from pipeline import micro
 from pipeline.artifacts import MODEL_FILE, TEST_DATA, load_keras_model
-from pipeline.config import BuildConfig, VerifyConfig
-from pipeline.data import Split, load_training_data, split
+from pipeline.config import BuildConfig, DataConfig, VerifyConfig
+from pipeline.data import Split, load_training_data, manifest_window, split
 from pipeline.stepmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, StepModel, keras_sequence_outputs
 from pipeline.train import TrainResult, save_history, train
 from pipeline.verify import verify_all
@@ -128,12 +128,12 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
              feature_names=np.array(sp.feature_names))
     _phase(f"converting and quantizing ({', '.join(cfg.quantize.variants)})")
     variants = _convert_variants(model, step, sp, cfg, stage, tuned)
-    contract = _contract(step, sp, variants, default="float32")
+    contract = _contract(step, sp, variants, default="float32", data=cfg.data)
     C.write_contract(contract, stage)
     _phase("checking each variant with TFLite Micro")
     micro = _micro_check(contract, stage, sp, cfg.verify)
     contract = _contract(step, sp, {v: replace(spec, micro=micro.get(v, {})) for v, spec in variants.items()},
-                         default="float32")
+                         default="float32", data=cfg.data)
     C.write_contract(contract, stage)
     _phase("verifying parity, agreement and drift; writing the report")
     results = verify_all(stage, cfg.verify, report=True,
@@ -147,7 +147,8 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
     from pipeline.recommend import recommend
 
-    contract = replace(_contract(step, sp, variants, default="float32" if "float32" in passed else passed[0]),
+    contract = replace(_contract(step, sp, variants, default="float32" if "float32" in passed else passed[0],
+                                 data=cfg.data),
                        recommended=recommend(variants))
     from pipeline.report import append_recommendation
 
@@ -216,9 +217,13 @@ def _convert_variants(model: keras.Model, step: StepModel, sp: Split, cfg: Build
     return variants
 
 
-def _contract(step: StepModel, sp: Split, variants: dict[str, C.VariantSpec], default: str) -> C.ModelContract:
+def _contract(step: StepModel, sp: Split, variants: dict[str, C.VariantSpec], default: str,
+              data: DataConfig = DataConfig()) -> C.ModelContract:
     units = step.units
     labels = tuple(str(i) for i in range(max(2, units) if step.output_kind == "sigmoid" else units))
+    names = getattr(sp, "class_names", None)
+    if names and len(names) == len(labels):  # text labels: the class names
+        labels = tuple(names)
     return C.ModelContract(
         schema_version=C.SCHEMA_VERSION,
         tool={"name": "stepwise", "version": __version__, "tensorflow": tf.__version__,
@@ -228,7 +233,7 @@ def _contract(step: StepModel, sp: Split, variants: dict[str, C.VariantSpec], de
                           mean=tuple(float(v) for v in sp.mean), std=tuple(float(v) for v in sp.std)),
         states=tuple(step.states),
         outputs=(C.OutputSpec(name=OUTPUT_NAME, kind=step.output_kind, units=units, labels=labels),),
-        window=step.window_spec(sp.steps),
+        window=manifest_window(step.window_spec(sp.steps), data),
         variants=variants,
         default_variant=default,
     )

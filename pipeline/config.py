@@ -19,6 +19,7 @@ RNN_KINDS = ("lstm", "gru", "simple_rnn")
 CELL_LAYOUTS = ("per_gate", "fused")
 SEARCH_MODES = ("until_pass", "all", "off")
 RECIPE_NAMES = ("per_gate", "fused", "long_stream", "trim_c", "per_tensor")  # pipeline.recipes.RECIPES
+WINDOW_LABELS = ("last", "majority")
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,23 @@ class DataConfig:
 
     sequences: int = 4000  # synthetic sequences
     steps: int = 7  # synthetic window length
-    features: int = 3  # synthetic features
+    synthetic_features: int = 3
     noise: float = 0.35
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     min_sequences: int = 20
     seed: int = 7
+    # A data file's columns (runtime.datacsv): the features by name (empty: every numeric
+    # column but the sequence, label and time-like ones) and the label and sequence columns.
+    features: tuple[str, ...] = ()
+    label_column: str = "label"
+    sequence_column: str = "sequence"
+    # Windowing (pipeline.data.windows): window > 0 cuts each recording (or one continuous
+    # log) into windows of that many samples, a new one every stride samples (0: stride =
+    # window, no overlap); a window's label is its last sample's, or the most frequent one.
+    window: int = 0
+    stride: int = 0
+    window_label: str = "last"  # one of WINDOW_LABELS
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,8 @@ def _section(current: Any, name: str, values: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(current)}
     updates = {}
     for key, value in values.items():
+        if name == "data" and key == "features" and isinstance(value, int) and not isinstance(value, bool):
+            key = "synthetic_features"  # what the synthetic set's feature count was called before
         if key not in fields:
             raise ConfigError(f"unknown key '{key}' in [{name}] (known: {', '.join(fields)})")
         default = getattr(current, key)
@@ -200,6 +214,7 @@ def _validate(cfg: BuildConfig) -> None:
     if cfg.quantize.cell_layout not in CELL_LAYOUTS:
         raise ConfigError(f"[quantize] cell_layout must be one of {', '.join(CELL_LAYOUTS)}")
     d = cfg.data
+    _validate_data(d)
     if not (0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
         raise ConfigError("[data] val_fraction and test_fraction must be in (0, 1) and sum below 1")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.learning_rate <= 0:
@@ -219,6 +234,31 @@ def _validate(cfg: BuildConfig) -> None:
         value = getattr(t, name)
         if not holds(value, 0):  # also refuses NaN
             raise ConfigError(f"[train] {name} must be {words} (got {value})")
+
+
+def _validate_data(d: DataConfig) -> None:
+    if d.window < 0 or d.window == 1 or d.stride < 0:
+        raise ConfigError(f"[data] window must be 0 (no windowing) or at least 2, stride 0 (= window) or "
+                          f"positive (got window {d.window}, stride {d.stride})")
+    if d.stride and not d.window:
+        raise ConfigError(f"[data] stride = {d.stride} needs [data] window (the window length) as well")
+    if d.window_label not in WINDOW_LABELS:
+        raise ConfigError(f"[data] window_label must be one of {', '.join(WINDOW_LABELS)}, got {d.window_label!r}")
+    for key in ("label_column", "sequence_column"):
+        if not getattr(d, key).strip():
+            raise ConfigError(f"[data] {key} must name a column")
+    if d.label_column.strip().casefold() == d.sequence_column.strip().casefold():
+        raise ConfigError(f"[data] label_column and sequence_column are both {d.label_column!r}")
+    seen: set[str] = set()
+    for name in d.features:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"[data] features must list column names, got {name!r}")
+        key = name.strip().casefold()
+        if key in seen:
+            raise ConfigError(f"[data] features names {name!r} twice")
+        if key in (d.label_column.strip().casefold(), d.sequence_column.strip().casefold()):
+            raise ConfigError(f"[data] features lists {name!r}, the label or sequence column")
+        seen.add(key)
 
 
 def _toml_value(v: Any) -> str:

@@ -1,4 +1,10 @@
-"""Training data: the built-in synthetic set, user files, splits and normalisation.
+"""Training data: the built-in synthetic set, user files, windows, splits and normalisation.
+
+``load_training_data`` reads a file with the ``[data]`` column choice
+(``runtime.datafile``), cuts it into windows when ``[data] window`` is set
+(``windows``), and keeps the class names that label a sequence; the manifest's window
+(length, stride, default reset policy) follows from the same settings
+(``manifest_window``).
 
 The synthetic set has the shape people have in practice (7 samples x 3 features, label
 0/1) and a label that depends on the *order* of the samples: feature 0 and feature 1
@@ -8,13 +14,18 @@ model that ignores order is at chance on it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from pipeline.config import DataConfig
-from runtime.datafile import Sequences, read_sequences
+from runtime.contract import WindowSpec
+from runtime.datafile import Columns, Sequences, read_sequences, used_classes
 from runtime.errors import DataError
+from runtime.reset import MAX_SLIDING
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class Split:
     feature_names: tuple[str, ...]
     classes: int
     source: str
+    class_names: tuple[str, ...] | None = None  # text labels: the name of each class index
 
     @property
     def steps(self) -> int:
@@ -48,10 +60,10 @@ class Split:
 
 def synthetic(cfg: DataConfig) -> Sequences:
     """``cfg.sequences`` order-dependent sequences ``[T, F]`` with labels 0/1."""
-    if cfg.steps < 2 or cfg.features < 2:
+    if cfg.steps < 2 or cfg.synthetic_features < 2:
         raise DataError("the synthetic set needs at least 2 steps and 2 features")
     rng = np.random.default_rng(cfg.seed)
-    m, T, F = cfg.sequences, cfg.steps, cfg.features
+    m, T, F = cfg.sequences, cfg.steps, cfg.synthetic_features
     X = rng.normal(0.0, cfg.noise, size=(m, T, F)).astype(np.float32)
     X += np.linspace(-0.2, 0.2, F, dtype=np.float32)  # per-feature offsets: normalisation matters
     first = rng.integers(0, T, size=m)
@@ -64,10 +76,91 @@ def synthetic(cfg: DataConfig) -> Sequences:
     return Sequences(X=tuple(X), y=y, feature_names=names, source="synthetic")
 
 
+def columns(cfg: DataConfig) -> Columns:
+    """The ``[data]`` column choice, as the reader takes it."""
+    return Columns(features=tuple(cfg.features), label=cfg.label_column, sequence=cfg.sequence_column)
+
+
 def load_training_data(path: str | None, cfg: DataConfig) -> Sequences:
-    if path is None:
-        return synthetic(cfg)
-    return read_sequences(path, require_labels=True)
+    """The labelled sequences to train on: ``path`` (or the synthetic set), cut into
+    windows when ``cfg.window`` is set; refuses too few sequences, telling how to cut a
+    continuous log."""
+    seqs = synthetic(cfg) if path is None else read_sequences(path, require_labels=True, columns=columns(cfg))
+    if cfg.window:
+        seqs = windows(seqs, cfg.window, cfg.stride or cfg.window, cfg.window_label)
+        if len(seqs) < cfg.min_sequences:
+            raise DataError(f"{seqs.source}: [data] window = {cfg.window} and stride = {cfg.stride or cfg.window} "
+                            f"cut it into {len(seqs)} windows, too few to train and verify (need at least "
+                            f"{cfg.min_sequences}); a smaller stride or window gives more")
+    elif len(seqs) < cfg.min_sequences:
+        if len(seqs) == 1 and seqs.source.lower().endswith(".csv"):
+            raise DataError(f"{seqs.source}: one continuous log of {len(seqs.X[0])} samples (no "
+                            f"{cfg.sequence_column!r} column): set [data] window = N (and stride) to cut it "
+                            f"into training windows of N samples, or add a {cfg.sequence_column!r} column")
+        raise DataError(f"{seqs.source}: {len(seqs)} sequences is too few to train and verify (need at least "
+                        f"{cfg.min_sequences}); cut longer recordings into windows with [data] window = N")
+    return used_classes(seqs)
+
+
+def windows(seqs: Sequences, window: int, stride: int, label: str = "last") -> Sequences:
+    """Each sequence ``[T_i, F]`` cut into windows ``[window, F]``, one starting every
+    ``stride`` samples (from sample 0; a tail shorter than ``window`` is left out).
+    A window's label is its last sample's (``"last"``) or its most frequent one
+    (``"majority"``; a tie goes to the class seen latest in the window); without a
+    label per sample, the sequence's. Sequences shorter than ``window`` are left out
+    (logged); none long enough is an error."""
+    X, y, steps = [], [], []
+    short = 0
+    for i, x in enumerate(seqs.X):
+        starts = range(0, len(x) - window + 1, stride)
+        short += not starts
+        for a in starts:
+            X.append(x[a:a + window])
+            if seqs.step_labels is not None:
+                steps.append(seqs.step_labels[i][a:a + window])
+                y.append(_window_label(steps[-1], label))
+            elif seqs.y is not None:
+                y.append(int(seqs.y[i]))
+    if not X:
+        longest = max(len(x) for x in seqs.X)
+        raise DataError(f"{seqs.source}: no sequence is as long as [data] window = {window} (the longest has "
+                        f"{longest} samples); use a smaller window")
+    if short:
+        log.warning("%s: %d of %d sequence(s) are shorter than the window of %d samples and are left out",
+                    seqs.source, short, len(seqs), window)
+    log.info("%s: %d window(s) of %d samples, stride %d, window label: %s", seqs.source, len(X), window,
+             stride, label)
+    return replace(seqs, X=tuple(X), y=np.array(y, np.int64) if seqs.y is not None else None,
+                   step_labels=tuple(steps) if seqs.step_labels is not None else None)
+
+
+def _window_label(labels: np.ndarray, rule: str) -> int:
+    """``labels`` ``[window]`` -> the window's class by ``rule``."""
+    if rule == "last":
+        return int(labels[-1])
+    counts = np.bincount(labels)
+    tied = np.flatnonzero(counts == counts.max())
+    if len(tied) == 1:
+        return int(tied[0])
+    last_seen = {int(c): int(np.flatnonzero(labels == c)[-1]) for c in tied}
+    return max(last_seen, key=last_seen.get)
+
+
+def manifest_window(spec: WindowSpec, cfg: DataConfig) -> WindowSpec:
+    """The manifest's window for data cut by ``cfg``: its length and stride, and the
+    default reset policy: ``sliding:N`` when windows overlap (stride < N: the model
+    learnt to answer from any N consecutive samples, so each sample gets the decision of
+    the window that ends there), ``window:N`` when they do not (the stream is cut into
+    back-to-back windows of N as the log was; one lane instead of N). A window head
+    keeps its own ``sliding:T``."""
+    if not cfg.window:
+        return spec
+    stride = cfg.stride or cfg.window
+    if spec.mode != "stream":
+        return replace(spec, stride=stride)
+    overlap = stride < cfg.window and cfg.window <= MAX_SLIDING
+    reset = f"sliding:{cfg.window}" if overlap else f"window:{cfg.window}"
+    return replace(spec, length=cfg.window, stride=stride, reset=reset)
 
 
 def split(seqs: Sequences, cfg: DataConfig, *, normalise: bool = True) -> Split:
@@ -106,4 +199,5 @@ def split(seqs: Sequences, cfg: DataConfig, *, normalise: bool = True) -> Split:
         X_train=Xn[train], y_train=y[train], X_val=Xn[val], y_val=y[val],
         X_test=Xn[test], y_test=y[test], mean=mean, std=std,
         feature_names=seqs.feature_names, classes=classes, source=seqs.source,
+        class_names=seqs.class_names,
     )

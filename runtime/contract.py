@@ -15,7 +15,8 @@ Layout (``schema_version`` 1)::
       "states": [{"name": "lstm_h", "input": "lstm_h", "output": "lstm_h_out",
                   "shape": [32], "dtype": "float32", "layer": "lstm", "kind": "h"}, ...],
       "outputs": [{"name": "y", "kind": "sigmoid", "units": 1, "labels": ["0", "1"]}],
-      "window": {"length": 7, "reset": "sliding:7", "mode": "stream", "warmup": 0},
+      "window": {"length": 7, "reset": "sliding:7", "mode": "stream", "warmup": 0,
+                 "stride": null},
       "variants": {"float32": {"file": "step_float32.tflite", "sha256": "...", "bytes": 1234,
                                "quantization": {...}, "tensors": {"x": {...}, ...},
                                "verification": {...}, "passed": true}, ...},
@@ -177,6 +178,7 @@ class WindowSpec:
     reset: str
     mode: str = "stream"
     warmup: int = 0
+    stride: int | None = None  # training windows cut from longer recordings every stride samples
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,8 @@ class ModelContract:
                 ),
                 window=WindowSpec(length=d["window"].get("length"), reset=d["window"]["reset"],
                                   mode=str(d["window"].get("mode", "stream")),
-                                  warmup=int(d["window"].get("warmup", 0))),
+                                  warmup=int(d["window"].get("warmup", 0)),
+                                  stride=d["window"].get("stride")),
                 variants={k: _variant_from_dict(k, v) for k, v in d["variants"].items()},
                 default_variant=str(d["default_variant"]),
                 recommended=dict(d.get("recommended", {})),

@@ -165,13 +165,15 @@ WINDOW_MODES = ("stream", "window_head")
 
 
 def _window(window: dict) -> None:
-    """Length, reset, and a window head's mode and warm-up (``length - 1`` outputs)."""
+    """Length, reset, stride, and a window head's mode and warm-up (``length - 1`` outputs)."""
     length = None
     if window.get("length") is not None:
         length = integer(window, "window", "length", 1, 1 << 31)
     text(window, "window", "reset")
     mode = text(window, "window", "mode", WINDOW_MODES) if "mode" in window else "stream"
     warmup = integer(window, "window", "warmup", 0, 1 << 31, optional=True)
+    if window.get("stride") is not None:  # training windows cut every stride samples
+        integer(window, "window", "stride", 1, 1 << 31)
     if mode == "window_head" and (length is None or warmup != length - 1):
         raise fail("window", f"a window_head needs a length and warmup = length - 1, got "
                              f"length {length} and warmup {warmup}")

@@ -3,6 +3,11 @@
 The same engine the daemon runs, fed from a file instead of a serial port, so its
 figures are the device's figures: ``stepwise verify`` steps through ``replay()`` too.
 
+Columns: a file's columns are the model's features by name (``runtime.datafile``,
+case-insensitive; any order, other columns ignored), a feature the file lacks is an
+error naming it; a file without names (no CSV header, an ``.npz`` without
+``feature_names``) or a model whose features are unnamed (``f0..fN``) is taken in order.
+
 State and sequences: without ``--reset`` the manifest's default policy applies and the
 state is also reset at the start of every sequence of the file (every sequence of an
 ``.npz``; every new value of a ``.csv``'s ``sequence`` column). With ``--reset P`` the
@@ -18,7 +23,7 @@ from typing import Iterator, Sequence, TextIO
 
 import numpy as np
 
-from runtime.datafile import Sequences, read_sequences
+from runtime.datafile import Columns, Sequences, read_sequences
 from runtime.errors import DataError
 from runtime.records import prediction_record
 from runtime.reset import parse_reset
@@ -52,23 +57,37 @@ def _as_sequences(data: Sequences | np.ndarray | Sequence[np.ndarray]) -> tuple[
 def check_features(engine, X: tuple[np.ndarray, ...], names: tuple[str, ...] = (),
                    source: str = "input") -> tuple[np.ndarray, ...]:
     """Every sequence ``[T, F]`` with the engine's F; columns named like the manifest's
-    features but in another order are put in the manifest's order."""
+    features (case-insensitively) but in another order are put in the manifest's order;
+    other names are an error naming the missing features. Unnamed columns (``f0..fN``),
+    or a model with unnamed features, go in order."""
     want = tuple(engine.contract.input.feature_names)
     for i, x in enumerate(X):
         if x.ndim != 2 or x.shape[1] != engine.features:
             got = x.shape[1] if x.ndim == 2 else f"shape {list(x.shape)}"
             raise DataError(f"{source}: sequence {i} has {got} features per sample, the model "
                             f"expects {engine.features} ({', '.join(want)})")
-    if not names or tuple(names) == want:
+    if not names or tuple(names) == want or _unnamed(names) or _unnamed(want):
         return X
-    if sorted(names) == sorted(want):
-        order = [list(names).index(n) for n in want]
-        log.info("%s: columns reordered to the manifest's feature order %s", source, list(want))
+    folded = [n.casefold() for n in names]
+    if sorted(folded) == sorted(n.casefold() for n in want):
+        order = [folded.index(n.casefold()) for n in want]
+        if order != list(range(len(order))):
+            log.info("%s: columns reordered to the manifest's feature order %s", source, list(want))
         return tuple(x[:, order] for x in X)
-    if tuple(names) != tuple(f"f{i}" for i in range(len(names))):  # not just unnamed
-        log.warning("%s: columns %s are not the manifest's features %s: taken in file order",
-                    source, list(names), list(want))
-    return X
+    missing = [n for n in want if n.casefold() not in folded]
+    raise DataError(f"{source}: no column for the model's feature(s) {', '.join(missing)} (columns: "
+                    f"{', '.join(names)}; the model takes {', '.join(want)})")
+
+
+def _unnamed(names: Sequence[str]) -> bool:
+    return tuple(names) == tuple(f"f{i}" for i in range(len(names)))
+
+
+def read_for_model(path, contract) -> Sequences:
+    """``path`` read with the model's features as its columns (by name, in the
+    manifest's order), or in file order where the model's features are unnamed."""
+    want = tuple(contract.input.feature_names)
+    return read_sequences(path, columns=Columns(features=() if _unnamed(want) else want))
 
 
 def iter_replay(engine, data: Sequences | np.ndarray | Sequence[np.ndarray],
@@ -122,8 +141,8 @@ def run_replay(opts: ReplayOptions, out: TextIO) -> int:
 
     if opts.reset is not None:
         parse_reset(opts.reset)  # a bad policy fails before anything is loaded
-    data = read_sequences(opts.input_file)
     engine = Engine.load(opts.artifacts, variant=opts.variant, reset=opts.reset, backend=opts.backend)
+    data = read_for_model(opts.input_file, engine.contract)
     for i, seq, pred in iter_replay(engine, data, reset_between=opts.reset is None):
         if pred.warmup and not opts.warmup:
             continue

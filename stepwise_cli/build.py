@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pipeline.build import build_artifacts, convert_artifacts
-from pipeline.config import load_config
+from pipeline.config import WINDOW_LABELS, load_config
 from pipeline.report import table
 from pipeline.verify import verify_all
 from runtime.errors import VerificationError
@@ -21,7 +21,35 @@ _out = click.option("--out", type=click.Path(file_okay=False, path_type=Path), d
 _config = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                        default=None, help="TOML file overriding the default configuration.")
 _data = click.option("--data", type=click.Path(dir_okay=False), default=None,
-                     help=".npz (X [m,T,F], y [m]) or .csv sequences with labels.")
+                     help=".npz (X [m,T,F], y [m], optional lengths [m]) or .csv (one sample per row, "
+                          "label and sequence columns).")
+
+
+def _data_options(f):
+    """``[data]`` column choice and windowing as flags (they override the config file)."""
+    for option in reversed((
+        click.option("--features", default=None, metavar="A,B,...",
+                     help="Feature columns by name, in order (default: every numeric column but the "
+                          "sequence, label and time-like ones)."),
+        click.option("--label-column", default=None, metavar="NAME", help="Label column (default: label)."),
+        click.option("--sequence-column", default=None, metavar="NAME",
+                     help="Sequence column: a new value starts a new recording (default: sequence)."),
+        click.option("--window", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Cut each recording (or one continuous log) into windows of N samples."),
+        click.option("--stride", type=click.IntRange(min=0), default=None, metavar="S",
+                     help="A new window every S samples (default: N, no overlap)."),
+        click.option("--window-label", type=click.Choice(WINDOW_LABELS), default=None,
+                     help="A window's label: its last sample's (default) or the most frequent one."),
+    )):
+        f = option(f)
+    return f
+
+
+def _data_overrides(features: str | None, **values) -> dict:
+    data = {k: v for k, v in values.items() if v is not None}
+    if features is not None:
+        data["features"] = [n.strip() for n in features.split(",") if n.strip()]
+    return {"data": data} if data else {}
 
 
 def _summary(result) -> None:
@@ -40,9 +68,10 @@ def _summary(result) -> None:
 @_data
 @_config
 @_out
-def build_cmd(data: str | None, config_path: Path | None, out: Path) -> None:
+@_data_options
+def build_cmd(data: str | None, config_path: Path | None, out: Path, **data_options) -> None:
     """Train, build the one-step model, convert, quantize, verify and export."""
-    _summary(build_artifacts(load_config(config_path), out, data))
+    _summary(build_artifacts(load_config(config_path, **_data_overrides(**data_options)), out, data))
 
 
 @click.command("convert")
@@ -54,9 +83,12 @@ def build_cmd(data: str | None, config_path: Path | None, out: Path) -> None:
 @click.option("--finetune/--no-finetune", default=True, show_default=True,
               help="Also try a copy fine-tuned through the simulated integer step graph for the "
                    "quantized variants (kept only where it passes more bars on validation data).")
-def convert_cmd(model: str, data: str, config_path: Path | None, out: Path, finetune: bool) -> None:
+@_data_options
+def convert_cmd(model: str, data: str, config_path: Path | None, out: Path, finetune: bool,
+                **data_options) -> None:
     """Same as build, from an existing trained Keras model (.keras or .h5)."""
-    _summary(convert_artifacts(model, data, load_config(config_path), out, finetune=finetune))
+    cfg = load_config(config_path, **_data_overrides(**data_options))
+    _summary(convert_artifacts(model, data, cfg, out, finetune=finetune))
 
 
 @click.command("verify")

@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("runtime", "firmware_bridge", "pipeline", "stepwise_cli", "bench")
 CORE_BOTTOM = ("errors", "contract", "datafile", "snapshot", "events", "atomic", "affine", "records")
-RUNTIME_BOTTOM = {f"runtime.{m}" for m in (*CORE_BOTTOM, "ratelimit", "contract_check")}
+RUNTIME_BOTTOM = {f"runtime.{m}" for m in (*CORE_BOTTOM, "ratelimit", "contract_check", "datacsv")}
 WIRE_FORMATS = {"firmware_bridge.text", "firmware_bridge.cobs"}
 BOTTOM_THIRD_PARTY = {"numpy"}
 BUILD_ONLY_THIRD_PARTY = {"tensorflow", "keras", "matplotlib", "ai_edge_litert", "tflite_micro"}

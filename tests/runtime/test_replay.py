@@ -101,8 +101,9 @@ def test_wrong_feature_count_is_a_clear_data_error(tiny_artifacts, tmp_path):
     np.savez(path, X=np.zeros((2, 5, features + 1), np.float32))
     result, lines = _invoke("--artifacts", tiny_artifacts, path)
     assert result.exit_code == DataError.exit_code and not lines
-    assert (f"sequence 0 has {features + 1} features per sample, the model expects {features}"
-            in result.output)
+    names = ", ".join(load_contract(tiny_artifacts).input.feature_names)
+    assert (f"wide.npz: X has {features + 1} features without names, for {features} features ({names}); "
+            f"add feature_names to the file, or give X {features} features" in result.output)
 
 
 def test_bad_reset_and_tampered_model_exit_with_their_codes(tiny_artifacts, npz, tmp_path):
