@@ -27,6 +27,7 @@ import numpy as np
 
 from runtime.engine import Engine
 from runtime.errors import ConfigError
+from runtime.stream_block import BlockResult
 from runtime.stream_state import StreamState
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,66 @@ class LaneManager:
                                     fault=faults[k]))
         return out
 
+    def step_block(self, streams: list, X: np.ndarray, t: float) -> BlockResult:
+        """``step`` for a ``SampleBlock``'s columns: ``streams`` ``[n]``, ``X`` ``[n, F]``,
+        one unix time ``t`` for all; the results in the block's order. A stream's k-th
+        sample of the block goes into round k; each round is one invoke."""
+        n = len(streams)
+        lane_of = self.lane_of
+        distinct = dict.fromkeys(streams)
+        if len(distinct) > self.max_streams:  # more streams than lanes: the general path
+            return self._block_by_step(streams, X, t)
+        if len(lane_of) < len(distinct) or not all(s in lane_of for s in distinct):
+            busy = {lane_of[s] for s in distinct if s in lane_of}
+            for s in distinct:
+                if s not in lane_of:
+                    busy.add(self._lane_for(s, busy))
+        lanes = np.fromiter((lane_of[s] for s in streams), np.int64, n)
+        eng = self.engine  # after any growth
+        y = np.empty((n, eng.output.units), np.float32)
+        seq, steps = np.empty(n, np.int64), np.empty(n, np.int64)
+        rejected = np.empty(n, bool)
+        for idx in _rounds(lanes, len(distinct)):
+            L = lanes if idx is None else lanes[idx]
+            Xb = np.zeros((eng.lanes, eng.features), np.float32)
+            mask = np.zeros(eng.lanes, bool)
+            Xb[L] = X if idx is None else X[idx]
+            mask[L] = True
+            preds = eng.step_lanes(Xb, mask, t=t)
+            self.invokes += 1
+            at = slice(None) if idx is None else idx
+            y[at], seq[at], steps[at] = preds.y[L], preds.seq[L], preds.steps[L]
+            rejected[at] = preds.rejected[L]
+        samples = self.samples
+        ivals = [-1] * n
+        if rejected.any():
+            self.counters["rejected_non_finite"] += int(rejected.sum())
+            rej = rejected.tolist()
+            for k, s in enumerate(streams):
+                if not rej[k]:
+                    ivals[k] = samples[s]
+                    samples[s] += 1
+        else:
+            for k, s in enumerate(streams):
+                ivals[k] = i = samples[s]
+                samples[s] = i + 1
+        self.last_seen.update(dict.fromkeys(distinct, self.clock()))
+        return BlockResult(streams, ivals, seq, steps, y, rejected)
+
+    def _block_by_step(self, streams, X, t) -> BlockResult:
+        results = {}
+        for r, k in zip(self.step([(s, X[k], t) for k, s in enumerate(streams)]),
+                        _stepping_order(streams, self)):
+            results[k] = r
+        rs = [results[k] for k in range(len(streams))]
+        units = self.engine.output.units
+        return BlockResult(list(streams), [r.i for r in rs],
+                           np.array([r.seq for r in rs], np.int64),
+                           np.array([r.step for r in rs], np.int64),
+                           np.array([r.y if r.y is not None else np.full(units, np.nan) for r in rs],
+                                    np.float32).reshape(len(rs), units),
+                           np.array([r.rejected for r in rs], bool))
+
     # -- persistence ---------------------------------------------------------------
     def stream_states(self) -> dict[str, StreamState]:
         """Every known stream's state by id (active ones read from their lanes)."""
@@ -242,3 +303,37 @@ class LaneManager:
         for stream, state in states.items():
             self.parked[stream] = state
         log.info("%d stream state(s) restored (they take lanes as they send)", len(states))
+
+
+def _rounds(lanes: np.ndarray, distinct: int):
+    """Index arrays of the samples in each round (a lane's k-th sample in round k);
+    ``[None]`` when every sample has its own lane (one round, no indexing)."""
+    n = len(lanes)
+    if distinct == n:
+        return [None]
+    order = np.argsort(lanes, kind="stable")
+    ranked = lanes[order]
+    first = np.ones(n, bool)
+    first[1:] = ranked[1:] != ranked[:-1]
+    pos = np.arange(n)
+    occurrence = np.empty(n, np.int64)
+    occurrence[order] = pos - np.maximum.accumulate(np.where(first, pos, 0))
+    return [np.flatnonzero(occurrence == r) for r in range(int(occurrence.max()) + 1)]
+
+
+def _stepping_order(streams: list, manager: LaneManager):
+    """The block positions in the order ``LaneManager.step`` returns their results."""
+    pending: dict[str, collections.deque] = {}
+    for k, s in enumerate(streams):
+        pending.setdefault(s, collections.deque()).append(k)
+    out = []
+    while pending:  # as _round: each stream's oldest sample, streams in first-seen order
+        taken = 0
+        for s in list(pending):
+            if taken == manager.max_streams:
+                break
+            out.append(pending[s].popleft())
+            taken += 1
+            if not pending[s]:
+                del pending[s]
+    return out

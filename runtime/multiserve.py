@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.engine import Engine
-from runtime.events import Sample
+from runtime.events import Sample, SampleBlock
 from runtime.lanes import LaneManager, StreamResult
 from runtime.output import Output
 from runtime.records import record_line
 from runtime.shard import ShardSpec, shard_dir
+from runtime.stream_block import LineWriter
 from runtime.stream_format import StreamsSnapshot
 from runtime.stream_store import StreamStore
+from runtime.signals import SignalledLoop
 from runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ class _Line:
         self.y, self.step, self.label = r.y, r.step, label
 
 
-class MultiDaemon:
+class MultiDaemon(SignalledLoop):
     def __init__(self, opts: MultiServeOptions, notifier: Notifier | None = None, metrics=None):
         self.opts = opts
         self.notifier = notifier or Notifier()
@@ -70,12 +72,14 @@ class MultiDaemon:
         self.lanes = LaneManager(self._engine, opts.max_streams, opts.stream_idle)
         engine = self.lanes.engine
         self.output_spec = engine.output
+        self._writer = LineWriter(engine.output)
+        self.output = None  # the --output file while running
         self.stores = {i: StreamStore(self._dir(i), engine.model_sha256, engine.contract.states,
                                       interval=opts.checkpoint_interval,
                                       legacy_stream=opts.legacy_stream)
                        for i in opts.shard.owned}
         self.counters: collections.Counter[str] = collections.Counter()
-        self._stop = False
+        self._stop: int | None = None  # the signal number that asked to stop
         self._reopen = False
         self._synced: dict[str, int] = {}  # source reject counts already in the metrics
         self._observer = None  # see observe()
@@ -156,20 +160,6 @@ class MultiDaemon:
             self._observer("", [], status)  # the counters also move on a quiet turn
         self._observed = {}
 
-    # -- signals ---------------------------------------------------------------------
-    def _on_stop(self, signum, frame) -> None:
-        self._stop = True
-        log.info("%s received: finishing the current batch", signal.Signals(signum).name)
-
-    def _on_hup(self, signum, frame) -> None:
-        self._reopen = True
-
-    def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: the write fails, counted
-
     # -- the loop --------------------------------------------------------------------
     def run(self, source) -> int:
         # a source whose network thread runs Python (paho-mqtt) hands the GIL to this loop
@@ -186,7 +176,7 @@ class MultiDaemon:
                  self.opts.state_dir)
         next_idle = next_status = time.monotonic()
         try:
-            while not self._stop:
+            while self._stop is None:
                 events = source.get_many(BATCH, timeout=0.05)
                 if events:
                     lines = self.handle(events, source)
@@ -209,6 +199,8 @@ class MultiDaemon:
                     self.notifier.status(self.status(source))
                     log.info("counters: %s", self.status(source))
         finally:
+            if self._stop is not None:
+                log.info("%s received: finishing the current batch", signal.Signals(self._stop).name)
             self.notifier.stopping()
             ok = self.checkpoint()
             log.info("shutdown checkpoint %s; %s", "written" if ok else "FAILED",
@@ -219,11 +211,18 @@ class MultiDaemon:
         return 0
 
     def handle(self, events, source) -> list[str]:
-        """Step a batch of ``(stream, event)``; publish and return the output lines."""
+        """Step a batch of ``(stream, event)`` pairs and ``SampleBlock``s; publish and
+        return the output lines."""
         lines: list[str] = []
         samples = []
         wall_minus_mono = time.time() - time.monotonic()
-        for stream, event in events:
+        for item in events:
+            if type(item) is SampleBlock:
+                lines += self._step(samples, source)
+                samples = []
+                lines += self._step_block(item, item.received + wall_minus_mono, source)
+                continue
+            stream, event = item
             if type(event) is not Sample:  # a reset: the samples before it are stepped first
                 lines += self._step(samples, source)
                 samples = []
@@ -244,12 +243,7 @@ class MultiDaemon:
         t0 = time.perf_counter()
         rounds = self.lanes.invokes
         results = self.lanes.step(samples)
-        if self.metrics is not None:
-            n_rounds = max(1, self.lanes.invokes - rounds)
-            per = (time.perf_counter() - t0) / n_rounds
-            for _ in range(n_rounds):
-                self.metrics.step_seconds.observe(per)
-            self.metrics.samples.inc(len(samples))
+        self._observe_step(t0, rounds, len(samples))
         label_of = self.output_spec.label_of
         now = f', "t": {round(time.time(), 6)!r}}}\n'
         lines = []
@@ -275,6 +269,39 @@ class MultiDaemon:
         if self.metrics is not None:
             self.metrics.predictions.inc(len(lines))
         return lines
+
+    def _step_block(self, block: SampleBlock, t: float, source) -> list[str]:
+        if self._observer is not None:  # the live view takes per-sample records
+            return self._step([(s, x, t) for s, x in zip(block.streams, block.values)], source)
+        t0 = time.perf_counter()
+        rounds = self.lanes.invokes
+        res = self.lanes.step_block(block.streams, block.values, t)
+        self._observe_step(t0, rounds, len(block))
+        n_rejected = int(res.rejected.sum())
+        if n_rejected:
+            self.counters["rejected_non_finite"] += n_rejected
+            if self.metrics is not None:
+                self.metrics.rejects.labels("non_finite").inc(n_rejected)
+        streams, lines = self._writer.lines(res, time.time())
+        publish_many = getattr(source, "publish_many", None)
+        if publish_many is not None:
+            publish_many(streams, lines)
+        else:
+            for stream, line in zip(streams, lines):
+                source.publish(stream, line)
+        self.counters["predictions"] += len(lines)
+        if self.metrics is not None:
+            self.metrics.predictions.inc(len(lines))
+        return [line + "\n" for line in lines] if self.output is not None else lines
+
+    def _observe_step(self, t0: float, rounds: int, samples: int) -> None:
+        if self.metrics is None:
+            return
+        n_rounds = max(1, self.lanes.invokes - rounds)
+        per = (time.perf_counter() - t0) / n_rounds
+        for _ in range(n_rounds):
+            self.metrics.step_seconds.observe(per)
+        self.metrics.samples.inc(samples)
 
     def _update_gauges(self, source) -> None:
         if self.metrics is None:

@@ -55,8 +55,11 @@ def serve(opts: ServeOptions) -> int:
 @click.option("--mqtt", default=None, metavar="URL", help="MQTT broker and topic prefix, "
               "mqtt://HOST[:PORT][/PREFIX]: streams are PREFIX/<stream>/sample (docs/PROTOCOL.md).")
 @click.option("--mqtt-client", default="auto", show_default=True,
-              type=click.Choice(["auto", "paho", "libmosquitto"]),
-              help="MQTT client library (auto: libmosquitto where installed, else paho-mqtt).")
+              type=click.Choice(["auto", "bulk", "paho", "libmosquitto"]),
+              help="MQTT client (auto: bulk, stepwise's own reader of whole socket reads; "
+                   "or the paho-mqtt / libmosquitto libraries).")
+@click.option("--mqtt-qos", default=1, show_default=True, type=click.IntRange(0, 1),
+              help="QoS of the published predictions.")
 @click.option("--max-streams", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Most streams holding an engine lane at once (many-stream mode).")
 @click.option("--stream-idle", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
@@ -71,8 +74,8 @@ def serve(opts: ServeOptions) -> int:
 @click.option("--http", default=None, metavar="HOST:PORT",
               help="Serve the live page there (off by default; PORT alone binds to loopback).")
 def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
-              status_interval, backend, mqtt, mqtt_client, max_streams, stream_idle, metrics,
-              shard, warmup, http) -> None:
+              status_interval, backend, mqtt, mqtt_client, mqtt_qos, max_streams, stream_idle,
+              metrics, shard, warmup, http) -> None:
     """The on-device daemon: samples from a serial port (or many streams) in, one
     prediction per sample out."""
     if not ports and not mqtt:
@@ -86,7 +89,7 @@ def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, 
                             variant=variant, output=output, status_interval=status_interval,
                             backend=backend, max_streams=max_streams, stream_idle=stream_idle,
                             metrics=metrics, shard=shard, mqtt_client=mqtt_client,
-                            http=None if http is None else parse_address(http)))
+                            mqtt_qos=mqtt_qos, http=None if http is None else parse_address(http)))
     port = ports[0]
     opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
                         state_dir=state_dir or state_directory(), checkpoint_interval=checkpoint_interval,

@@ -19,16 +19,19 @@ log = logging.getLogger(__name__)
 
 
 def open_source(mqtt: str | None, ports, feature_names, shard: ShardSpec, *,
-                protocol: str = "text", baud: int = 115200, client: str = "auto"):
-    """An ``MqttSource`` (only this shard's streams) or a ``PortsSource``."""
+                protocol: str = "text", baud: int = 115200, client: str = "auto", qos: int = 1):
+    """An MQTT source (only this shard's streams) or a ``PortsSource``."""
     if mqtt and ports:
         raise ConfigError("--mqtt and --port cannot be combined: use one kind of source")
+    accept = None if shard.count == 1 else shard.owns
+    if mqtt and client in ("auto", "bulk"):
+        from firmware_bridge.mqtt_bulk import BulkMqttSource
+
+        return BulkMqttSource(mqtt, feature_names, accept=accept, qos=qos).start()
     if mqtt:
         from firmware_bridge.mqtt import MqttSource
 
-        return MqttSource(mqtt, feature_names,
-                          accept=None if shard.count == 1 else shard.owns,
-                          client=client).start()
+        return MqttSource(mqtt, feature_names, accept=accept, client=client, qos=qos).start()
     from firmware_bridge.multiport import PortsSource
 
     return PortsSource(list(ports), feature_names, protocol=protocol, baudrate=baud)
@@ -39,7 +42,7 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
                reset: str | None = None, variant: str | None = None, output: Path | None = None,
                status_interval: float = 60.0, backend: str | None = None,
                max_streams: int = 1024, stream_idle: float = 300.0, metrics: str | None = None,
-               shard: str | None = None, mqtt_client: str = "auto",
+               shard: str | None = None, mqtt_client: str = "auto", mqtt_qos: int = 1,
                http: tuple[str, int] | None = None) -> int:
     """Run the many-stream daemon; its exit status."""
     spec = ShardSpec.parse(shard) if shard else ShardSpec((0,), 1)
@@ -63,7 +66,7 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
 
             live = open_live_view(daemon, daemon.lanes.engine, http)
         source = open_source(mqtt, ports, daemon.lanes.engine.contract.input.feature_names,
-                             spec, protocol=protocol, baud=baud, client=mqtt_client)
+                             spec, protocol=protocol, baud=baud, client=mqtt_client, qos=mqtt_qos)
         daemon.install_signals()
         return daemon.run(source)
     finally:

@@ -34,6 +34,12 @@ def streams_data(n_streams, n, seed=0):
     return {f"s{k}": rng.normal(size=(n, 3)).astype(np.float32) for k in range(n_streams)}
 
 
+def step_into(m, got, batch):
+    """Step ``batch`` of ``(stream, values, t)``; each result's ``y`` appended to ``got[stream]``."""
+    for r in m.step(batch):
+        got[r.stream].append(r.y)
+
+
 def interleave(data, rng):
     """Every stream's samples in order, the streams shuffled together."""
     order = [s for s, xs in data.items() for _ in xs]
@@ -66,16 +72,14 @@ def test_idle_stream_parks_and_comes_back_where_it_was(tiny_artifacts):
     m = manager(tiny_artifacts, idle=5.0, reset="never", clock=clock)
     ys = {s: [] for s in data}
     for k in range(5):
-        for r in m.step([(s, xs[k], 0.0) for s, xs in data.items()]):
-            ys[r.stream].append(r.y)
+        step_into(m, ys, [(s, xs[k], 0.0) for s, xs in data.items()])
     clock.now += 3
     m.step([("s0", data["s0"][5], 0.0)])
     clock.now += 3  # s1, s2 idle for 6 s, s0 for 3 s
     assert sorted(m.evict_idle()) == ["s1", "s2"] and m.active == 1
     assert m.parked["s1"].samples == 5 and m.parked["s1"].steps == 5
     for k in range(5, 10):
-        for r in m.step([(s, xs[k], 0.0) for s, xs in data.items() if (s, k) != ("s0", 5)]):
-            ys[r.stream].append(r.y)
+        step_into(m, ys, [(s, xs[k], 0.0) for s, xs in data.items() if (s, k) != ("s0", 5)])
     assert m.counters["restored"] == 2
     assert ys["s0"] and len(ys["s1"]) == 10
     for s in ("s1", "s2"):
@@ -104,8 +108,7 @@ def test_full_engine_displaces_the_least_recent_stream_without_losing_it(tiny_ar
     for k in range(6):
         for s, xs in data.items():
             clock.now += 1
-            for r in m.step([(s, xs[k], 0.0)]):
-                got[r.stream].append(r.y)
+            step_into(m, got, [(s, xs[k], 0.0)])
     assert m.engine.lanes == 2 and m.counters["displaced"] > 0
     for s, xs in data.items():
         np.testing.assert_allclose(got[s], alone(tiny_artifacts, xs, reset="never"), atol=1e-6)

@@ -54,6 +54,13 @@ class Sensors:
     def send(self, stream: str, payload: bytes, kind: str = "sample") -> None:
         self.client.publish(f"{self.prefix}/{stream}/{kind}", payload, qos=1).wait_for_publish(5)
 
+    def play(self, data: dict, ks: range) -> None:
+        """Samples ``ks`` of every stream of ``data``, interleaved; waits for their predictions."""
+        for k in ks:
+            for s, xs in data.items():
+                self.send(s, line(xs[k]))
+        self.wait_for({s: ks.stop for s in data})
+
     def wait_for(self, counts: dict[str, int], timeout: float = TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -121,6 +128,13 @@ def ys(records) -> np.ndarray:
     return np.array([r["y"] for r in sorted(records, key=lambda r: r["i"])])
 
 
+def assert_replayed(artifacts, got: dict, data: dict) -> None:
+    """Every stream answered once per sample, in order, exactly as its own replay."""
+    for s, xs in data.items():
+        assert sorted(r["i"] for r in got[s]) == list(range(len(xs)))
+        np.testing.assert_allclose(ys(got[s]), expected(artifacts, xs), atol=1e-6, rtol=0)
+
+
 @pytest.fixture
 def sensors(broker):
     s = Sensors(broker)
@@ -143,16 +157,11 @@ def test_interleaved_streams_restart_and_idle_return(tiny_artifacts, broker, sen
     assert "shutdown checkpoint written" in "".join(d.log)
     d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--stream-idle", "0.5")
     d.wait_log("4 stream state(s) restored")
-    for k in range(8, 12):
-        for s, xs in data.items():
-            sensors.send(s, line(xs[k]))
-    sensors.wait_for({s: 12 for s in data})
+    sensors.play(data, range(8, 12))
     assert d.stop() == 0
-    for s, xs in data.items():
-        recs = sensors.got[s]
-        assert sorted(r["i"] for r in recs) == list(range(12))
-        assert all(r["stream"] == s and "label" in r and "t" in r for r in recs)
-        np.testing.assert_allclose(ys(recs), expected(tiny_artifacts, xs), atol=1e-6, rtol=0)
+    for s in data:
+        assert all(r["stream"] == s and "label" in r and "t" in r for r in sensors.got[s])
+    assert_replayed(tiny_artifacts, sensors.got, data)
 
 
 def test_bad_payloads_are_isolated_and_counted_in_metrics(tiny_artifacts, broker, sensors,
@@ -187,7 +196,7 @@ def test_bad_payloads_are_isolated_and_counted_in_metrics(tiny_artifacts, broker
     np.testing.assert_allclose(ys(sensors.got["bad"]), expected(tiny_artifacts, good[:1]), atol=1e-6)
 
 
-@pytest.mark.parametrize("client", ["paho", "libmosquitto"])
+@pytest.mark.parametrize("client", ["bulk", "paho", "libmosquitto"])
 def test_broker_restart_reconnects_and_keeps_state(tiny_artifacts, broker, tmp_path, client):
     from firmware_bridge.mqtt_clients import libmosquitto
 
@@ -224,10 +233,7 @@ def test_two_sharded_daemons_split_streams_and_one_takes_over(tiny_artifacts, br
     state = tmp_path / "shared"
     a = Daemon(tiny_artifacts, broker, state, "--shard", "0/2")
     b = Daemon(tiny_artifacts, broker, state, "--shard", "1/2")
-    for k in range(6):
-        for s, xs in data.items():
-            sensors.send(s, line(xs[k]))
-    sensors.wait_for({s: 6 for s in data})
+    sensors.play(data, range(6))
     time.sleep(0.3)
     assert all(len(v) == 6 for v in sensors.got.values())  # exactly one daemon answered each
     assert b.stop() == 0
@@ -235,10 +241,6 @@ def test_two_sharded_daemons_split_streams_and_one_takes_over(tiny_artifacts, br
     assert a.stop() == 0
     a = Daemon(tiny_artifacts, broker, state, "--shard", "0,1/2")  # takes over shard 1
     a.wait_log("8 stream state(s) restored")
-    for k in range(6, 10):
-        for s, xs in data.items():
-            sensors.send(s, line(xs[k]))
-    sensors.wait_for({s: 10 for s in data})
+    sensors.play(data, range(6, 10))
     assert a.stop() == 0
-    for s, xs in data.items():
-        np.testing.assert_allclose(ys(sensors.got[s]), expected(tiny_artifacts, xs), atol=1e-6)
+    assert_replayed(tiny_artifacts, sensors.got, data)
