@@ -97,12 +97,13 @@ def rss_mb(pid: int) -> float:
 
 
 def start_daemon(python: str, artifacts: Path, url: str, streams: int, work: Path,
-                 client: str = "auto"):
+                 client: str = "auto", qos: int = 1):
     err = open(work / "daemon.log", "w")
     cmd = [python, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts), "--mqtt",
            f"{url}/{PREFIX}", "--reset", "never", "--max-streams", str(streams),
            "--stream-idle", "3600", "--state-dir", str(work / "state"),
-           "--checkpoint-interval", "30", "--metrics", "127.0.0.1:0", "--mqtt-client", client]
+           "--checkpoint-interval", "30", "--metrics", "127.0.0.1:0", "--mqtt-client", client,
+           "--mqtt-qos", str(qos)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -147,7 +148,7 @@ def publish_ticks(client, pool: np.ndarray, streams: int, rate: float, seconds: 
 
 
 def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: float,
-             warmup: float, slots: int = 20, client: str = "auto") -> dict:
+             warmup: float, slots: int = 20, client: str = "auto", qos: int = 1) -> dict:
     from bench.mqtt_load import Collector, RawClient
     from firmware_bridge.broker import LocalBroker
 
@@ -155,7 +156,7 @@ def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: f
     work = Path(tempfile.mkdtemp(prefix="stepwise-streams-"))
     with LocalBroker(max_queued=1_000_000) as broker:
         daemon, metrics_port, kind = start_daemon(python, artifacts, broker.url, streams, work,
-                                                  client)
+                                                  client, qos)
         try:
             collector = Collector(broker.host, broker.port, f"{PREFIX}/+/prediction")
             sender = RawClient(broker.host, broker.port, "bench-sensors")
@@ -185,7 +186,8 @@ def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: f
     out = summarize(artifacts, pool, streams, rate, sent, collector.records, warmup,
                     {k: cpu1[k] - cpu0[k] for k in cpu0}, wall, wall_send, scraped, rss)
     out["phases"] = slots
-    out["client"] = {"Mosquitto": "libmosquitto", "Paho": "paho-mqtt"}.get(kind, kind)
+    out["client"] = {"Mosquitto": "libmosquitto", "Paho": "paho-mqtt", "Bulk": "bulk"}.get(kind, kind)
+    out["qos"] = qos
     out["load_average"] = os.getloadavg()[0]
     return out
 
@@ -297,6 +299,8 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=lambda t: t.split(","), default=["auto"],
                    help="all: the daemon's --mqtt-client values to run, comma-separated")
     p.add_argument("--mqtt-client", default="auto", help="load: the daemon's --mqtt-client")
+    p.add_argument("--qos", type=int, default=1, choices=[0, 1],
+                   help="load: the daemon's --mqtt-qos (predictions)")
     p.add_argument("--phases", type=int, default=20,
                    help="send phases per period (1: every stream at the same instant)")
     p.add_argument("--rates", type=lambda t: [float(v) for v in t.split(",")], default=[50.0],
@@ -309,7 +313,7 @@ def main(argv=None) -> int:
         out = engine_cost(a.artifacts, a.streams, a.steps)
     else:
         out = load_run(a.artifacts, a.device_python, a.streams, a.rate, a.seconds, a.warmup,
-                       a.phases, a.mqtt_client)
+                       a.phases, a.mqtt_client, a.qos)
     print(json.dumps(out))
     return 0
 

@@ -71,6 +71,9 @@ class BulkMqttSource(StreamIntake):
         self._routes: dict[bytes, tuple[str, str | None]] = {}
         self._topics: dict[str, bytes] = {}  # stream -> its prediction topic, length-prefixed
         self._custom: set[str] = set()  # streams whose header changed their column order
+        # a header line could pass for numbers if a feature name were made of their
+        # characters: then every payload takes the parser's path
+        self._fast_ok = not any(set(n.encode()) <= set(_NUMERIC) for n in self.feature_names)
         self._closing = False
         self._pending: list = []  # events read but not yet returned (over ``limit``)
 
@@ -240,6 +243,7 @@ class BulkMqttSource(StreamIntake):
         fast: list = []  # payloads of the fast rows, in order
         routes, counters, custom = self._routes, self.counters, self._custom
         commas = len(self.feature_names) - 1
+        fast_ok = self._fast_ok
         messages = 0
         for topic, payload in publishes:
             route = routes.get(topic)
@@ -258,7 +262,7 @@ class BulkMqttSource(StreamIntake):
                 self._flush(out, streams, rows, fast, received)
                 streams, rows, fast = [], [], []
                 out.append((stream, Reset(None, received)))
-            elif (stream not in custom and payload.count(b",") == commas
+            elif (fast_ok and stream not in custom and payload.count(b",") == commas
                   and not payload.translate(None, _NUMERIC)):
                 streams.append(stream)
                 rows.append(None)
@@ -306,15 +310,15 @@ class BulkMqttSource(StreamIntake):
         out.append(SampleBlock(streams, X, received))
 
     def _one_by_one(self, streams, rows, fast, received):
-        """The rows of a block whose shared parse failed, each on its own (in order, so a
-        header row changes its stream's later rows)."""
+        """The rows of a block whose shared parse failed, each on its own. A fast row
+        that is no sample can only be rejected (no feature name is made of number
+        characters, so it is never a header): its parser's column order is not used."""
         it = iter(fast)
         s_out, r_out = [], []
         for stream, row in zip(streams, rows):
             if row is None:
                 payload = next(it)
-                values = _numbers([payload], len(self.feature_names)) \
-                    if stream not in self._custom else None
+                values = _numbers([payload], len(self.feature_names))
                 if values is not None:
                     s_out.append(stream)
                     r_out.append(values[0])

@@ -33,6 +33,7 @@ from runtime.stream_state import StreamState
 log = logging.getLogger(__name__)
 
 MIN_LANES = 8
+WORKER_LANES = (16, 64, 256)  # the smaller engines of step_block's partial rounds
 
 
 @dataclass(slots=True)
@@ -77,6 +78,7 @@ class LaneManager:
         self.parked: collections.OrderedDict[str, StreamState] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
         self.invokes = 0
+        self._workers: dict[int, Engine] = {}
 
     # -- who is where --------------------------------------------------------------
     @property
@@ -248,16 +250,9 @@ class LaneManager:
         seq, steps = np.empty(n, np.int64), np.empty(n, np.int64)
         rejected = np.empty(n, bool)
         for idx in _rounds(lanes, len(distinct)):
-            L = lanes if idx is None else lanes[idx]
-            Xb = np.zeros((eng.lanes, eng.features), np.float32)
-            mask = np.zeros(eng.lanes, bool)
-            Xb[L] = X if idx is None else X[idx]
-            mask[L] = True
-            preds = eng.step_lanes(Xb, mask, t=t)
-            self.invokes += 1
             at = slice(None) if idx is None else idx
-            y[at], seq[at], steps[at] = preds.y[L], preds.seq[L], preds.steps[L]
-            rejected[at] = preds.rejected[L]
+            y[at], seq[at], steps[at], rejected[at] = self._invoke(
+                lanes if idx is None else lanes[idx], X if idx is None else X[idx], t)
         samples = self.samples
         ivals = [-1] * n
         if rejected.any():
@@ -273,6 +268,49 @@ class LaneManager:
                 samples[s] = i + 1
         self.last_seen.update(dict.fromkeys(distinct, self.clock()))
         return BlockResult(streams, ivals, seq, steps, y, rejected)
+
+    def _invoke(self, L: np.ndarray, X: np.ndarray, t: float):
+        """One round: samples ``X`` ``[k, F]`` into lanes ``L`` ``[k]`` (distinct) ->
+        ``y``, ``seq``, ``steps``, ``rejected`` of those lanes. A round that fills at most
+        a quarter of the engine runs in a smaller engine (``WORKER_LANES``): the lanes'
+        state goes there and back, so the invoke costs what ``k`` lanes cost, not all."""
+        eng, k = self.engine, len(L)
+        self.invokes += 1
+        worker = self._worker(k)
+        if worker is None:
+            Xb = np.zeros((eng.lanes, eng.features), np.float32)
+            mask = np.zeros(eng.lanes, bool)
+            Xb[L] = X
+            mask[L] = True
+            p = eng.step_lanes(Xb, mask, t=t)
+            return p.y[L], p.seq[L], p.steps[L], p.rejected[L]
+        w = worker
+        own = np.arange(k)
+        eng.copy_lanes_to(w, L, own)
+        seen, rejected, resets = w.samples_seen, w.rejected, collections.Counter(w.resets)
+        Xb = np.zeros((w.lanes, eng.features), np.float32)
+        mask = np.zeros(w.lanes, bool)
+        Xb[:k] = X
+        mask[:k] = True
+        p = w.step_lanes(Xb, mask, t=t)
+        w.copy_lanes_to(eng, own, L)
+        eng.samples_seen += w.samples_seen - seen
+        eng.rejected += w.rejected - rejected
+        eng.resets.update(w.resets - resets)
+        return p.y[:k], p.seq[:k], p.steps[:k], p.rejected[:k]
+
+    def _worker(self, k: int) -> Engine | None:
+        """The smallest worker engine of ``WORKER_LANES`` that holds ``k`` lanes, if it
+        is at most a quarter of the engine (else None: the engine steps itself)."""
+        for size in WORKER_LANES:
+            if size >= k:
+                if 4 * size > self.engine.lanes:
+                    return None
+                w = self._workers.get(size)
+                if w is None:
+                    w = self._workers[size] = self.make_engine(size)
+                return w
+        return None
 
     def _block_by_step(self, streams, X, t) -> BlockResult:
         results = {}
