@@ -15,7 +15,8 @@ predictions into one ``sendall``.
 Predictions go out at QoS ``qos`` (1 by default): each waits in ``inflight`` until the
 broker's PUBACK, and after a reconnect every one still waiting is sent again (DUP set),
 so a prediction is lost only when more than ``max_inflight`` wait at once (counted as
-``publish_dropped``). QoS 1 messages from sensors are acknowledged in one write per read.
+``publish_dropped``). Once data is there, the read waits ``linger`` (2 ms) for the rest
+of a burst, so samples arriving together are stepped together. QoS 1 messages from sensors are acknowledged in one write per read.
 The connection is kept alive with PINGREQ; a dead or silent broker is noticed within 1.5
 keep-alive periods, and the source reconnects with back-off (0.05 s doubling to 2 s)
 and subscribes again, as the other clients do.
@@ -47,6 +48,9 @@ _NUMERIC = b"0123456789+-.eE,"  # what a payload of the shared fast path is made
 READ_SIZE = 1 << 20
 MAX_READ = 8 << 20  # bytes taken from the socket per get_many at most
 MAX_TOPICS = 200_000  # routes cached (topic -> stream, kind)
+# seconds waited after the first bytes of a read: the samples of many sensors arriving
+# within it are stepped in one round (a round's cost is mostly fixed, see bench.streams)
+LINGER = 0.002
 
 
 class BulkMqttSource(StreamIntake):
@@ -55,10 +59,12 @@ class BulkMqttSource(StreamIntake):
 
     def __init__(self, url: str, feature_names, *, accept: Callable[[str], bool] | None = None,
                  client_id: str | None = None, keepalive: int = 15, qos: int = 1,
-                 max_inflight: int = 60_000, connect_timeout: float = 2.0):
+                 max_inflight: int = 60_000, connect_timeout: float = 2.0,
+                 linger: float = LINGER):
         super().__init__(url, feature_names, accept)
         self.client_id = client_id or f"stepwise-{uuid.uuid4().hex[:12]}"
         self.keepalive, self.qos, self.connect_timeout = keepalive, qos, connect_timeout
+        self.linger = linger
         self.max_inflight = min(max_inflight, MAX_PACKET_ID - 1)
         self.inflight: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._next_id = 1
@@ -163,6 +169,8 @@ class BulkMqttSource(StreamIntake):
             ready = []
         if not ready:
             return []
+        if self.linger:
+            time.sleep(self.linger)  # let a burst of sensors finish: one block, one invoke
         chunks, total = [], 0
         self._sock.setblocking(False)
         try:
