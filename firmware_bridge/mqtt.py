@@ -183,6 +183,10 @@ class StreamIntake:
     def queued(self) -> int:
         return 0
 
+    def set_accept(self, accept: Callable[[str], bool] | None) -> None:
+        """Change which streams are kept (a shard hand-off)."""
+        self.accept = accept
+
 
 class MqttSource(StreamIntake):
     """Samples and resets of many streams from one broker; predictions back to it.

@@ -345,7 +345,7 @@ class BulkMqttSource(StreamIntake):
 
     def set_accept(self, accept: Callable[[str], bool] | None) -> None:
         """Change which streams this daemon keeps (a shard hand-off); cached routes go."""
-        self.accept = accept
+        super().set_accept(accept)
         self._routes.clear()
 
     # -- output --------------------------------------------------------------------

@@ -151,6 +151,13 @@ class LaneManager:
             log.warning("more than %d idle streams: the state of %s is dropped",
                         self.max_parked, gone)
 
+    def forget(self, streams) -> None:
+        """Drop these streams and their state entirely (another daemon serves them now)."""
+        for stream in streams:
+            if stream in self.lane_of:
+                self.park(stream)
+            self.parked.pop(stream, None)
+
     def evict_idle(self, now: float | None = None) -> list[str]:
         """Park every stream that sent nothing for ``idle_seconds``; their ids."""
         now = self.clock() if now is None else now

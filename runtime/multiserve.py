@@ -25,7 +25,8 @@ from runtime.events import Sample, SampleBlock
 from runtime.lanes import LaneManager, StreamResult
 from runtime.output import Output
 from runtime.records import record_line
-from runtime.shard import ShardSpec, shard_dir
+from runtime.shard import ShardSpec, shard_dir, shard_of
+from runtime.shard_lease import ShardLeases
 from runtime.stream_block import LineWriter
 from runtime.stream_format import StreamsSnapshot
 from runtime.stream_store import StreamStore
@@ -53,6 +54,7 @@ class MultiServeOptions:
     stdout: bool = False  # without ``output``: the JSON lines to stdout (else only published)
     status_interval: float = 60.0
     legacy_stream: str | None = None  # the stream a single-stream checkpoint becomes
+    lease: float = 0.0  # seconds: hand shards over live (runtime.shard_lease); 0: off
 
 
 class _Line:
@@ -74,10 +76,10 @@ class MultiDaemon(SignalledLoop):
         self.output_spec = engine.output
         self._writer = LineWriter(engine.output)
         self.output = None  # the --output file while running
-        self.stores = {i: StreamStore(self._dir(i), engine.model_sha256, engine.contract.states,
-                                      interval=opts.checkpoint_interval,
-                                      legacy_stream=opts.legacy_stream)
-                       for i in opts.shard.owned}
+        self.stores: dict[int, StreamStore] = {}  # per shard served now
+        self.leases = None if not opts.lease else ShardLeases(
+            opts.state_dir, opts.shard.owned, opts.shard.count, opts.lease)
+        self.source = None  # set by run(); told when the shards served change
         self.counters: collections.Counter[str] = collections.Counter()
         self._stop: int | None = None  # the signal number that asked to stop
         self._reopen = False
@@ -85,7 +87,16 @@ class MultiDaemon(SignalledLoop):
         self._observer = None  # see observe()
         self._observed: dict[str, list] = {}
         self.last_checkpoint: float | None = None  # unix time of the newest checkpoint written
-        self._restore()
+        states = {}
+        for shard in opts.shard.owned:
+            if self.leases is None or self.leases.acquire(shard):
+                states |= self._load_shard(shard)
+            else:
+                log.info("shard %d/%d is served by %s: waiting for it to hand the shard back",
+                         shard, opts.shard.count, self.leases.holder(shard))
+        self.lanes.restore(states)
+        if self.leases is not None:
+            self.leases.heartbeat(set(self.stores), force=True)
         self._saved_mark = self._mark()
 
     def _engine(self, lanes: int) -> Engine:
@@ -97,19 +108,53 @@ class MultiDaemon(SignalledLoop):
         count = self.opts.shard.count
         return self.opts.state_dir if count == 1 else shard_dir(self.opts.state_dir, shard, count)
 
-    def _restore(self) -> None:
+    def _load_shard(self, shard: int) -> dict:
+        """Serve ``shard`` from now on: its store; its streams' checkpointed states."""
+        engine = self.lanes.engine
+        store = self.stores[shard] = StreamStore(
+            self._dir(shard), engine.model_sha256, engine.contract.states,
+            interval=self.opts.checkpoint_interval, legacy_stream=self.opts.legacy_stream)
+        snap = store.restore()
         states = {}
-        for shard, store in self.stores.items():
-            snap = store.restore()
-            if snap is None:
-                continue
-            for stream, state in snap.streams.items():
-                if self.opts.shard.of(stream) == shard:
-                    states[stream] = state
-                else:
-                    log.warning("stream %s in the checkpoint of shard %d belongs to shard %d: "
-                                "not restored here", stream, shard, self.opts.shard.of(stream))
-        self.lanes.restore(states)
+        for stream, state in (snap.streams.items() if snap is not None else ()):
+            if self.opts.shard.of(stream) == shard and stream not in self.lanes.lane_of:
+                states[stream] = state
+            else:
+                log.warning("stream %s in the checkpoint of shard %d belongs to shard %d: "
+                            "not restored here", stream, shard, self.opts.shard.of(stream))
+        return states
+
+    def accepts(self, stream: str) -> bool:
+        """Whether ``stream`` is in a shard this daemon serves now (the source's filter)."""
+        return shard_of(stream, self.opts.shard.count) in self.stores
+
+    def _hand_over(self) -> None:
+        """One turn of the lease protocol (``runtime.shard_lease``): refresh, take the
+        shards that fell to this daemon, give back those whose own daemon is back."""
+        leases = self.leases
+        leases.heartbeat(set(self.stores))
+        take, give = leases.plan(set(self.stores))
+        changed = False
+        for shard in give:
+            self.checkpoint()  # every stream of the shard, as of now, for its own daemon
+            gone = [s for s in self.lanes.stream_states() if self.opts.shard.of(s) == shard]
+            self.lanes.forget(gone)
+            del self.stores[shard]
+            leases.release(shard)
+            changed = True
+            log.info("shard %d/%d handed back (%d streams)", shard, self.opts.shard.count, len(gone))
+        for shard in take:
+            if leases.acquire(shard):
+                states = self._load_shard(shard)
+                self.lanes.restore(states)
+                changed = True
+                log.info("took over shard %d/%d: %d stream state(s) restored", shard,
+                         self.opts.shard.count, len(states))
+        if changed:
+            leases.heartbeat(set(self.stores), force=True)
+            set_accept = getattr(self.source, "set_accept", None)
+            if set_accept is not None:
+                set_accept(self.accepts)
 
     def _mark(self):
         return (self.lanes.engine.samples_seen, self.counters["resets"],
@@ -137,6 +182,8 @@ class MultiDaemon(SignalledLoop):
         return ok
 
     def _checkpoint_if_due(self) -> None:
+        if not self.stores:
+            return
         store = next(iter(self.stores.values()))
         mark = self._mark()
         if mark != self._saved_mark and store.due():
@@ -169,6 +216,7 @@ class MultiDaemon(SignalledLoop):
         interval = getattr(source, "switch_interval", None)
         if interval:
             sys.setswitchinterval(interval)
+        self.source = source
         out = self.output = Output(self.opts.output) if self.opts.output or self.opts.stdout else None
         self.notifier.ready(self.status(source))
         log.info("serving up to %d streams (shard %s, reset %s); state in %s",
@@ -191,6 +239,8 @@ class MultiDaemon(SignalledLoop):
                 if now >= next_idle:
                     next_idle = now + IDLE_CHECK
                     self.lanes.evict_idle(now)
+                    if self.leases is not None:
+                        self._hand_over()
                     self._update_gauges(source)
                 self._checkpoint_if_due()
                 self.notifier.watchdog_due()
@@ -205,6 +255,8 @@ class MultiDaemon(SignalledLoop):
             ok = self.checkpoint()
             log.info("shutdown checkpoint %s; %s", "written" if ok else "FAILED",
                      self.status(source))
+            if self.leases is not None and ok:  # the state is on disk: a peer may take over
+                self.leases.leave(list(self.stores))
             source.close()
             if out is not None:
                 out.close()

@@ -69,13 +69,16 @@ def serve(opts: ServeOptions) -> int:
               help="Serve Prometheus metrics on http://HOST:PORT/metrics.")
 @click.option("--shard", default=None, metavar="I/N", help="Serve only the streams of shard I "
               "of N (rendezvous hashing of the stream id; I may be a list: 0,1/3).")
+@click.option("--lease", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --shard and a shared --state-dir: hand shards over between running "
+                   "daemons, with leases of this many seconds (0: off).")
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
               help="Write warm-up outputs (zero-padded windows, marked \"warmup\": true) or leave them out.")
 @click.option("--http", default=None, metavar="HOST:PORT",
               help="Serve the live page there (off by default; PORT alone binds to loopback).")
 def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
               status_interval, backend, mqtt, mqtt_client, mqtt_qos, max_streams, stream_idle,
-              metrics, shard, warmup, http) -> None:
+              metrics, shard, lease, warmup, http) -> None:
     """The on-device daemon: samples from a serial port (or many streams) in, one
     prediction per sample out."""
     if not ports and not mqtt:
@@ -89,7 +92,7 @@ def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, 
                             variant=variant, output=output, status_interval=status_interval,
                             backend=backend, max_streams=max_streams, stream_idle=stream_idle,
                             metrics=metrics, shard=shard, mqtt_client=mqtt_client,
-                            mqtt_qos=mqtt_qos, http=None if http is None else parse_address(http)))
+                            mqtt_qos=mqtt_qos, lease=lease, http=None if http is None else parse_address(http)))
     port = ports[0]
     opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
                         state_dir=state_dir or state_directory(), checkpoint_interval=checkpoint_interval,
