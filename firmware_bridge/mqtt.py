@@ -267,5 +267,9 @@ class MqttSource(StreamIntake):
         self.counters["published"] += 1
         return True
 
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        if not self.client.publish(topic, payload, 1, retain=True):
+            self.counters["publish_dropped"] += 1
+
     def queued(self) -> int:
         return len(self.queue)

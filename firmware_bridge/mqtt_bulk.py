@@ -239,7 +239,7 @@ class BulkMqttSource(StreamIntake):
         self._state = "up"
         self._delay = 0.05
         if self.inflight:  # unacknowledged predictions of the last connection: again, DUP
-            self._send(b"".join(b"\x3a" + p[1:] for p in self.inflight.values()))
+            self._send(b"".join(bytes([p[0] | 0x08]) + p[1:] for p in self.inflight.values()))
             self.counters["republished"] += len(self.inflight)
         self._on_ready()
 
@@ -382,6 +382,17 @@ class BulkMqttSource(StreamIntake):
         self.counters["published"] += len(packets)
         if self._state == "up":
             self._send(b"".join(packets))  # not connected: sent after the reconnect
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """One retained message at QoS 1 (kept in flight like a prediction)."""
+        if len(self.inflight) >= self.max_inflight:
+            self.counters["publish_dropped"] += 1
+            return
+        ids = self._ids(1)
+        packet, = publish_packets([mqtt_string(topic)], [payload], ids, retain=True)
+        self.inflight[ids[0]] = packet
+        if self._state == "up":
+            self._send(packet)
 
     def publish(self, stream: str, payload: bytes | str) -> bool:
         before = self.counters["publish_dropped"]

@@ -63,8 +63,9 @@ class PahoClient:
         self.client.connect_async(self._host, self._port, self._keepalive)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
-        return self.client.publish(topic, payload, qos=qos).rc != self._mqtt.MQTT_ERR_QUEUE_SIZE
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        return self.client.publish(topic, payload, qos=qos, retain=retain).rc != \
+            self._mqtt.MQTT_ERR_QUEUE_SIZE
 
     def close(self) -> None:
         self.client.disconnect()
@@ -177,13 +178,13 @@ class MosquittoClient:
                         self._host.decode(), self._port, rc)
         self._lib.mosquitto_loop_start(self._m)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         with self._lock:
             if self._unacked >= self._max_queued:
                 return False
             self._unacked += 1
         rc = self._lib.mosquitto_publish(self._m, None, topic.encode(), len(payload), payload, qos,
-                                         False)
+                                         retain)
         if rc != 0:  # not connected: the prediction is not queued (nothing will ack it)
             with self._lock:
                 self._unacked -= 1

@@ -61,14 +61,15 @@ def puback_packets(packet_ids: list[int]) -> bytes:
 
 
 def publish_packets(topics: list[bytes], payloads: list[bytes], packet_ids: list[int] | None,
-                    dup: bool = False) -> list[bytes]:
+                    retain: bool = False) -> list[bytes]:
     """One PUBLISH per (topic, payload): QoS 0 when ``packet_ids`` is None, else QoS 1
     with those ids. ``topics`` are already length-prefixed (``mqtt_string``)."""
     vi = _VARINT
     if packet_ids is None:
-        return [b"\x30" + (vi[n] if n < 16384 else varint(n)) + t + p
+        head = b"\x31" if retain else b"\x30"
+        return [head + (vi[n] if n < 16384 else varint(n)) + t + p
                 for t, p in zip(topics, payloads) for n in (len(t) + len(p),)]
-    head = b"\x3a" if dup else b"\x32"
+    head = b"\x33" if retain else b"\x32"
     return [head + (vi[n] if n < 16384 else varint(n)) + t + i.to_bytes(2, "big") + p
             for t, p, i in zip(topics, payloads, packet_ids) for n in (len(t) + len(p) + 2,)]
 

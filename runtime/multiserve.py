@@ -28,6 +28,7 @@ from runtime.records import record_line
 from runtime.shard import ShardSpec, shard_dir, shard_of
 from runtime.shard_lease import ShardLeases
 from runtime.stream_block import LineWriter
+from runtime.stream_discovery import discovery_config, discovery_topic
 from runtime.stream_format import StreamsSnapshot
 from runtime.stream_store import StreamStore
 from runtime.signals import SignalledLoop
@@ -55,6 +56,7 @@ class MultiServeOptions:
     status_interval: float = 60.0
     legacy_stream: str | None = None  # the stream a single-stream checkpoint becomes
     lease: float = 0.0  # seconds: hand shards over live (runtime.shard_lease); 0: off
+    ha_discovery: str | None = None  # Home Assistant discovery prefix (runtime.stream_discovery)
 
 
 class _Line:
@@ -80,6 +82,7 @@ class MultiDaemon(SignalledLoop):
         self.leases = None if not opts.lease else ShardLeases(
             opts.state_dir, opts.shard.owned, opts.shard.count, opts.lease)
         self.source = None  # set by run(); told when the shards served change
+        self._announced: set[str] = set()  # streams whose discovery config went out
         self.counters: collections.Counter[str] = collections.Counter()
         self._stop: int | None = None  # the signal number that asked to stop
         self._reopen = False
@@ -292,6 +295,8 @@ class MultiDaemon(SignalledLoop):
     def _step(self, samples, source) -> list[str]:
         if not samples:
             return []
+        if self.opts.ha_discovery:
+            self._announce([s for s, _, _ in samples], source)
         t0 = time.perf_counter()
         rounds = self.lanes.invokes
         results = self.lanes.step(samples)
@@ -322,7 +327,19 @@ class MultiDaemon(SignalledLoop):
             self.metrics.predictions.inc(len(lines))
         return lines
 
+    def _announce(self, streams, source) -> None:
+        """Home Assistant discovery: one retained config message per stream first seen."""
+        new = [s for s in dict.fromkeys(streams) if s not in self._announced]
+        prefix = source.address.prefix
+        for stream in new:
+            self._announced.add(stream)
+            source.publish_retained(
+                discovery_topic(self.opts.ha_discovery, prefix, stream),
+                discovery_config(prefix, stream, self.lanes.engine.model_sha256))
+
     def _step_block(self, block: SampleBlock, t: float, source) -> list[str]:
+        if self.opts.ha_discovery:
+            self._announce(block.streams, source)
         if self._observer is not None:  # the live view takes per-sample records
             return self._step([(s, x, t) for s, x in zip(block.streams, block.values)], source)
         t0 = time.perf_counter()

@@ -42,7 +42,7 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
                status_interval: float = 60.0, backend: str | None = None,
                max_streams: int = 1024, stream_idle: float = 300.0, metrics: str | None = None,
                shard: str | None = None, mqtt_client: str = "auto", mqtt_qos: int = 1,
-               lease: float = 0.0, http: tuple[str, int] | None = None) -> int:
+               lease: float = 0.0, ha_discovery: str | None = None, http: tuple[str, int] | None = None) -> int:
     """Run the many-stream daemon; its exit status."""
     spec = ShardSpec.parse(shard) if shard else ShardSpec((0,), 1)
     opts = MultiServeOptions(artifacts=Path(artifacts), state_dir=Path(state_dir),
@@ -52,7 +52,7 @@ def serve_many(*, artifacts: Path, ports=(), mqtt: str | None = None, baud: int 
                              stdout=output is None and not mqtt,
                              status_interval=status_interval,
                              legacy_stream=ports[0] if len(ports) == 1 else None,
-                             lease=lease if spec.count > 1 else 0.0)
+                             lease=lease if spec.count > 1 else 0.0, ha_discovery=ha_discovery)
     registry = live = None
     if metrics:
         from runtime.metrics import Metrics, parse_hostport

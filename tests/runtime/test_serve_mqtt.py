@@ -271,3 +271,37 @@ def test_a_running_daemon_takes_over_a_stopped_peers_shard_and_hands_it_back(
     leases = [json.loads(p.read_text()) for p in (state / "leases").glob("*.lease")]
     assert len(leases) == 2 and all(x["expires"] == 0 for x in leases)  # released on the way out
     assert not list((state / "leases").glob("*.alive"))
+
+
+def test_home_assistant_discovery_config_is_retained_per_stream(tiny_artifacts, broker, sensors,
+                                                                tmp_path):
+    d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--ha-discovery", "homeassistant")
+    xs = samples(1, 2, seed=3)["s0"]
+    sensors.send("pump-1.a", line(xs[0]))
+    sensors.send("pump-1.a", line(xs[1]))  # announced once only
+    sensors.wait_for({"pump-1.a": 2})
+    assert d.stop() == 0
+    got, ready = [], threading.Event()  # subscribed after the fact: the retained copy
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    c.on_message = lambda cl, u, m: got.append((m.topic, m.retain, json.loads(m.payload)))
+    c.on_subscribe = lambda *a: ready.set()
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.subscribe("homeassistant/#", qos=1)
+    assert ready.wait(5)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    c.disconnect()
+    c.loop_stop()
+    eng = Engine.load(tiny_artifacts)
+    assert got == [("homeassistant/sensor/stepwise/t_pump-1_a/config", True, {
+        "name": "prediction", "unique_id": "stepwise_t_pump-1_a", "object_id": "stepwise_t_pump-1_a",
+        "state_topic": "t/pump-1.a/prediction", "value_template": "{{ value_json.label }}",
+        "json_attributes_topic": "t/pump-1.a/prediction",
+        "json_attributes_template":
+            "{{ {'y': value_json.y, 'step': value_json.step, 'seq': value_json.seq} | tojson }}",
+        "device": {"identifiers": ["stepwise_t_pump-1_a"], "name": "pump-1.a",
+                   "manufacturer": "stepwise", "model": f"step model {eng.model_sha256[:12]}"},
+        "icon": "mdi:chart-bell-curve-cumulative"})]
