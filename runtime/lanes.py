@@ -246,12 +246,12 @@ class LaneManager:
         distinct = dict.fromkeys(streams)
         if len(distinct) > self.max_streams:  # more streams than lanes: the general path
             return self._block_by_step(streams, X, t)
-        if len(lane_of) < len(distinct) or not all(s in lane_of for s in distinct):
+        if not lane_of.keys() >= distinct.keys():
             busy = {lane_of[s] for s in distinct if s in lane_of}
             for s in distinct:
                 if s not in lane_of:
                     busy.add(self._lane_for(s, busy))
-        lanes = np.fromiter((lane_of[s] for s in streams), np.int64, n)
+        lanes = np.array(list(map(lane_of.__getitem__, streams)), np.int64)
         eng = self.engine  # after any growth
         y = np.empty((n, eng.output.units), np.float32)
         seq, steps = np.empty(n, np.int64), np.empty(n, np.int64)
@@ -262,7 +262,10 @@ class LaneManager:
                 lanes if idx is None else lanes[idx], X if idx is None else X[idx], t)
         samples = self.samples
         ivals = [-1] * n
-        if rejected.any():
+        if len(distinct) == n and not rejected.any():  # each stream once: no loop
+            ivals = list(map(samples.__getitem__, streams))
+            samples.update(zip(streams, map((1).__add__, ivals)))
+        elif rejected.any():
             self.counters["rejected_non_finite"] += int(rejected.sum())
             rej = rejected.tolist()
             for k, s in enumerate(streams):

@@ -117,3 +117,22 @@ def test_feature_names_made_of_number_characters_turn_the_shared_parse_off():
     assert not src._fast_ok
     out = src._events([(b"p/a/sample", b"E,e,x"), (b"p/a/sample", b"1,2,3")], 1.0)
     assert [x.tolist() for x in out[0].values] == [[2, 1, 3]]  # the header took effect
+
+
+def test_a_read_of_plain_lines_of_known_streams_takes_the_loop_free_path_with_the_same_result():
+    src = BulkMqttSource("mqtt://127.0.0.1:1/p", NAMES)
+    rows = np.random.default_rng(2).normal(size=(40, 3)).astype(np.float32)
+    pubs = [(f"p/s{k % 4}/sample".encode(), ",".join(repr(float(v)) for v in r).encode())
+            for k, r in enumerate(rows)]
+    first = src._events(pubs[:4], 1.0)  # routes learned on the way
+    assert src._all_plain(pubs, 2.0) is not None
+    block, = src._events(pubs, 2.0)
+    assert block.streams == [f"s{k % 4}" for k in range(40)] and block.received == 2.0
+    assert np.array_equal(block.values, rows) and np.array_equal(first[0].values, rows[:4])
+    assert src.counters["messages"] == 4 + 40 + 40
+    header = [(b"p/s1/sample", b"az,ax,ay")]
+    src._events(header, 3.0)  # s1's columns change: its plain lines need its parser again
+    assert src._all_plain(pubs[:4], 4.0) is None
+    block, = src._events(pubs[:4], 4.0)
+    assert block.values[1].tolist() == rows[1][[1, 2, 0]].tolist()
+    assert src._all_plain([(b"p/s0/sample", b"1,2,3"), (b"p/s0/reset", b"")], 5.0) is None
