@@ -357,8 +357,19 @@ def table(engine: dict, runs: list[dict]) -> str:
     if "block_us" in e:
         out.append(f"| LaneManager.step_block, every stream (bulk source's path) | {e['block_us']:.0f} us "
                    f"| {e['block_per_stream_us']:.2f} us | - |")
-        out.append(f"| LaneManager.step_block, 50 of them (one send phase, 64-lane worker) "
+        out.append(f"| LaneManager.step_block, 50 of them (one send phase) "
                    f"| {e['block50_us']:.0f} us | {e['block50_per_stream_us']:.2f} us | - |")
+    return "\n".join(out)
+
+
+def pipeline_table(pipes: list[dict]) -> str:
+    out = ["| daemon alone, no broker (`pipeline`) | CPU per sample | samples per CPU second |",
+           "|---|---|---|"]
+    for p in pipes:
+        out.append(f"| {p['streams']} streams, bursts of {p['streams'] // p['phases']} samples "
+                   f"({p['phases']} send phases), "
+                   f"load avg {p['load_average']:.1f} | {p['cpu_per_sample_us']:.1f} us "
+                   f"| {p['samples_per_cpu_second']:,.0f} |")
     return "\n".join(out)
 
 
@@ -368,20 +379,30 @@ def run_all(a) -> int:
            "--streams", str(a.streams), "--steps", str(a.steps)]
     engine = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
                                        text=True).stdout)
+    pipes = []
+    for phases in (20, 4):
+        cmd = [a.device_python, "-m", "bench.streams", "pipeline", "--artifacts",
+               str(a.artifacts), "--streams", str(a.streams), "--rate", "30", "--phases", str(phases)]
+        pipes.append(json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
+                                               text=True).stdout))
+    print(json.dumps({"engine": engine, "pipeline": pipes}), file=sys.stderr)
     runs = []
     for client in a.clients:
         for rate in a.rates:
-            r = load_run(a.artifacts, a.device_python, a.streams, rate, a.seconds, a.warmup,
-                         a.phases, client, a.qos)
-            print(json.dumps(r), file=sys.stderr)
-            runs.append(r)
+            for qos in a.qos_list:
+                r = load_run(a.artifacts, a.device_python, a.streams, rate, a.seconds, a.warmup,
+                             a.phases, client, qos)
+                print(json.dumps(r), file=sys.stderr)
+                runs.append(r)
     for n in a.compare:
         for per_process in (False, True):
             r = load_run(a.artifacts, a.device_python, n, a.compare_rate, a.seconds, a.warmup,
-                         a.phases, "auto", a.qos, per_process)
+                         a.phases, "auto", 1, per_process)
             print(json.dumps(r), file=sys.stderr)
             runs.append(r)
     print(table(engine, runs))
+    print()
+    print(pipeline_table(pipes))
     return 0
 
 
@@ -403,6 +424,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare", type=lambda t: [int(v) for v in t.split(",") if v], default=[],
                    help="all: stream counts to run both ways, one daemon and one per stream")
     p.add_argument("--compare-rate", type=float, default=50.0)
+    p.add_argument("--qos-list", type=lambda t: [int(v) for v in t.split(",")], default=[1],
+                   help="all: prediction QoS values to run, comma-separated")
     p.add_argument("--qos", type=int, default=1, choices=[0, 1],
                    help="load: the daemon's --mqtt-qos (predictions)")
     p.add_argument("--phases", type=int, default=20,
