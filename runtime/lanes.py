@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable

@@ -25,8 +25,9 @@ from runtime.events import Sample, SampleBlock
 from runtime.lanes import LaneManager, StreamResult
 from runtime.output import Output
 from runtime.records import record_line
-from runtime.shard import ShardSpec, shard_dir, shard_of
+from runtime.shard import ShardSpec, shard_dir
 from runtime.shard_lease import ShardLeases
+from runtime.shard_serving import ShardServing
 from runtime.stream_block import LineWriter
 from runtime.stream_discovery import discovery_config, discovery_topic
 from runtime.stream_format import StreamsSnapshot
@@ -68,7 +69,7 @@ class _Line:
         self.y, self.step, self.label = r.y, r.step, label
 
 
-class MultiDaemon(SignalledLoop):
+class MultiDaemon(SignalledLoop, ShardServing):
     def __init__(self, opts: MultiServeOptions, notifier: Notifier | None = None, metrics=None):
         self.opts = opts
         self.notifier = notifier or Notifier()
@@ -110,54 +111,6 @@ class MultiDaemon(SignalledLoop):
     def _dir(self, shard: int) -> Path:
         count = self.opts.shard.count
         return self.opts.state_dir if count == 1 else shard_dir(self.opts.state_dir, shard, count)
-
-    def _load_shard(self, shard: int) -> dict:
-        """Serve ``shard`` from now on: its store; its streams' checkpointed states."""
-        engine = self.lanes.engine
-        store = self.stores[shard] = StreamStore(
-            self._dir(shard), engine.model_sha256, engine.contract.states,
-            interval=self.opts.checkpoint_interval, legacy_stream=self.opts.legacy_stream)
-        snap = store.restore()
-        states = {}
-        for stream, state in (snap.streams.items() if snap is not None else ()):
-            if self.opts.shard.of(stream) == shard and stream not in self.lanes.lane_of:
-                states[stream] = state
-            else:
-                log.warning("stream %s in the checkpoint of shard %d belongs to shard %d: "
-                            "not restored here", stream, shard, self.opts.shard.of(stream))
-        return states
-
-    def accepts(self, stream: str) -> bool:
-        """Whether ``stream`` is in a shard this daemon serves now (the source's filter)."""
-        return shard_of(stream, self.opts.shard.count) in self.stores
-
-    def _hand_over(self) -> None:
-        """One turn of the lease protocol (``runtime.shard_lease``): refresh, take the
-        shards that fell to this daemon, give back those whose own daemon is back."""
-        leases = self.leases
-        leases.heartbeat(set(self.stores))
-        take, give = leases.plan(set(self.stores))
-        changed = False
-        for shard in give:
-            self.checkpoint()  # every stream of the shard, as of now, for its own daemon
-            gone = [s for s in self.lanes.stream_states() if self.opts.shard.of(s) == shard]
-            self.lanes.forget(gone)
-            del self.stores[shard]
-            leases.release(shard)
-            changed = True
-            log.info("shard %d/%d handed back (%d streams)", shard, self.opts.shard.count, len(gone))
-        for shard in take:
-            if leases.acquire(shard):
-                states = self._load_shard(shard)
-                self.lanes.restore(states)
-                changed = True
-                log.info("took over shard %d/%d: %d stream state(s) restored", shard,
-                         self.opts.shard.count, len(states))
-        if changed:
-            leases.heartbeat(set(self.stores), force=True)
-            set_accept = getattr(self.source, "set_accept", None)
-            if set_accept is not None:
-                set_accept(self.accepts)
 
     def _mark(self):
         return (self.lanes.engine.samples_seen, self.counters["resets"],
