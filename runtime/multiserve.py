@@ -178,7 +178,7 @@ class MultiDaemon(SignalledLoop, ShardServing):
         log.info("serving up to %d streams (shard %s, reset %s); state in %s",
                  self.opts.max_streams, self.opts.shard, self.lanes.engine.policy,
                  self.opts.state_dir)
-        next_idle = next_status = time.monotonic()
+        next_idle = next_status = next_lease = time.monotonic()
         try:
             while self._stop is None:
                 events = source.get_many(BATCH, timeout=0.05)
@@ -195,9 +195,10 @@ class MultiDaemon(SignalledLoop, ShardServing):
                 if now >= next_idle:
                     next_idle = now + IDLE_CHECK
                     self.lanes.evict_idle(now)
-                    if self.leases is not None:
-                        self._hand_over()
                     self._update_gauges(source)
+                if self.leases is not None and now >= next_lease:
+                    next_lease = now + self.leases.seconds / 3  # well inside every lease
+                    self._hand_over()
                 self._checkpoint_if_due()
                 self.notifier.watchdog_due()
                 if now >= next_status:

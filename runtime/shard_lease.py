@@ -86,15 +86,18 @@ class ShardLeases:
                 out[str(obj.get("id"))] = {int(s) for s in obj["shards"] if isinstance(s, int)}
         return out
 
-    def plan(self, serving: set[int]) -> tuple[list[int], list[int]]:
-        """``(take, give)``: free shards this daemon should take now, and shards it
-        serves for a peer whose configured daemon is alive again."""
+    def plan(self, serving: set[int]) -> tuple[list[int], list[int], list[int]]:
+        """``(take, give, lost)``: free shards this daemon should take now, shards it
+        serves for a peer whose configured daemon is alive again, and shards it served
+        whose lease another daemon holds now (this one was too late to renew it)."""
         alive, now = self.alive(), self.clock()
-        take, give = [], []
+        take, give, lost = [], [], []
         for shard in range(self.count):
             configured = sorted(d for d, shards in alive.items() if shard in shards)
             if shard in serving:
-                if shard not in self.owned and any(d != self.id for d in configured):
+                if self.holder(shard) not in (None, self.id):
+                    lost.append(shard)
+                elif shard not in self.owned and any(d != self.id for d in configured):
                     give.append(shard)
                 continue
             lease = self._read(self._lease(shard))
@@ -106,7 +109,7 @@ class ShardLeases:
                 max(alive, key=lambda d: daemon_score(shard, d))
             if winner == self.id:
                 take.append(shard)
-        return take, give
+        return take, give, lost
 
     # -- this daemon's files --------------------------------------------------------
     def heartbeat(self, serving: set[int], force: bool = False) -> None:

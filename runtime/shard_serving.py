@@ -43,8 +43,15 @@ class ShardServing:
         shards that fell to this daemon, give back those whose own daemon is back."""
         leases = self.leases
         leases.heartbeat(set(self.stores))
-        take, give = leases.plan(set(self.stores))
+        take, give, lost = leases.plan(set(self.stores))
         changed = False
+        for shard in lost:  # its new owner restored the last checkpoint: ours is stale
+            gone = [s for s in self.lanes.stream_states() if self.opts.shard.of(s) == shard]
+            self.lanes.forget(gone)
+            del self.stores[shard]
+            changed = True
+            log.warning("lease on shard %d/%d lost to %s (not renewed in time): %d streams "
+                        "dropped here", shard, self.opts.shard.count, leases.holder(shard), len(gone))
         for shard in give:
             self.checkpoint()  # every stream of the shard, as of now, for its own daemon
             gone = [s for s in self.lanes.stream_states() if self.opts.shard.of(s) == shard]
