@@ -106,91 +106,34 @@ class StreamRejects:
             return dict(self.totals)
 
 
-class MqttSource:
-    """Samples and resets of many streams from one broker; predictions back to it.
+class StreamIntake:
+    """What every MQTT source shares: the address, topic routing (stream id, kind,
+    sharding), per-stream text parsers and reject counts, the counters."""
 
-    ``accept(stream) -> bool`` keeps only this daemon's streams (sharding); the others
-    are counted as ``foreign`` and dropped before parsing.
-    """
-
-    def __init__(self, url: str, feature_names, *, accept: Callable[[str], bool] | None = None,
-                 queue_size: int = 200_000, client_id: str | None = None,
-                 keepalive: int = 15, max_queued_publishes: int = 200_000,
-                 client: str = "auto"):
+    def __init__(self, url: str, feature_names, accept: Callable[[str], bool] | None):
         self.address = parse_mqtt_url(url)
         self.feature_names = tuple(feature_names)
         TextParser(self.feature_names)  # checks the names once
         self.accept = accept
-        self.queue: EventQueue = EventQueue(queue_size)
         self.rejects = StreamRejects()
         self.counters: collections.Counter[str] = collections.Counter()
         self.connected = threading.Event()
-        self._closing = False
         self._parsers: collections.OrderedDict[str, TextParser] = collections.OrderedDict()
-        self._sub = f"{self.address.prefix}/+/+"
+        # only samples and resets: the daemon's own predictions never come back to it
+        self.filters = [f"{self.address.prefix}/+/sample", f"{self.address.prefix}/+/reset"]
         self._skip = len(self.address.prefix) + 1
-        self.client = make_client(client, self.address.host, self.address.port, self._sub,
-                                  client_id or f"stepwise-{uuid.uuid4().hex[:12]}", keepalive,
-                                  max_queued_publishes, self._on_message, self._on_ready,
-                                  self._on_lost)
-        self.client_kind = type(self.client).__name__
-        self.switch_interval = self.client.switch_interval  # the daemon loop's hint
 
-    # -- lifetime ------------------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> "MqttSource":
-        """Connect (retrying in the background) and wait up to ``timeout`` until the
-        subscription is granted; ``PortError`` if the broker cannot be reached by then."""
-        self.client.start()
-        if not self.connected.wait(timeout):
-            self.close()
-            raise PortError(f"MQTT broker {self.address.host}:{self.address.port} "
-                            f"not reachable within {timeout:g} s")
-        return self
-
-    def close(self) -> None:
-        self._closing = True
-        self.client.close()
-
-    def _on_ready(self) -> None:
-        self.counters["connects"] += 1
-        self.connected.set()  # connected means subscribed: nothing published after is missed
-        log.info("MQTT connected to %s:%d (%s), subscribed to %s", self.address.host,
-                 self.address.port, self.client_kind, self._sub)
-
-    def _on_lost(self, reason: str) -> None:
-        self.connected.clear()
-        if self._closing:
-            return
-        self.counters["disconnects"] += 1
-        log.warning("MQTT connection to %s:%d lost (%s): reconnecting", self.address.host,
-                    self.address.port, reason)
-
-    # -- input ---------------------------------------------------------------------
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        try:
-            self._take(topic, payload, time.monotonic())
-        except Exception:  # a callback error must never stop the network thread
-            self.counters["callback_errors"] += 1
-            log.exception("MQTT message on %r could not be handled (skipped)", topic)
-
-    def _take(self, topic: str, payload: bytes, received: float) -> None:
+    def _route(self, topic: str) -> tuple[str, str | None]:
+        """``(stream, "sample" | "reset")``, or ``(reason, None)`` for a message that is
+        not this daemon's input (``bad_topic``, ``foreign``, ``own_output``)."""
         stream, sep, kind = topic[self._skip:].partition("/")
         if kind == "prediction":
-            return  # our own (or another daemon's) output
+            return "own_output", None  # another daemon's output, under a wider subscription
         if not sep or kind not in ("sample", "reset") or not valid_stream_id(stream):
-            self.counters["bad_topic"] += 1
-            return
+            return "bad_topic", None
         if self.accept is not None and not self.accept(stream):
-            self.counters["foreign"] += 1
-            return
-        self.counters["messages"] += 1
-        if kind == "reset":
-            events = [(stream, Reset(None, received))]
-        else:
-            events = self._parse(stream, payload, received)
-        if events and self.queue.put_many(events, timeout=1.0) < len(events):
-            self.counters["queue_full"] += 1
-            log.warning("event queue full: samples of stream %s dropped", stream)
+            return "foreign", None
+        return stream, kind
 
     def _parse(self, stream: str, payload: bytes, received: float) -> list:
         if len(payload) > MAX_PAYLOAD:
@@ -218,23 +161,115 @@ class MqttSource:
                 parsers.popitem(last=False)
         return parser
 
+    def _on_ready(self) -> None:
+        self.counters["connects"] += 1
+        self.connected.set()  # connected means subscribed: nothing published after is missed
+        log.info("MQTT connected to %s:%d (%s), subscribed to %s", self.address.host,
+                 self.address.port, self.client_kind, " and ".join(self.filters))
+
+    def _on_lost(self, reason: str) -> None:
+        self.connected.clear()
+        if self._closing:
+            return
+        self.counters["disconnects"] += 1
+        log.warning("MQTT connection to %s:%d lost (%s): reconnecting", self.address.host,
+                    self.address.port, reason)
+
+    def status(self) -> dict[str, int]:
+        rejected = self.rejects.snapshot()
+        return {**self.counters, **{f"rejected_{k}": v for k, v in rejected.items()},
+                "queued": self.queued()}
+
+    def queued(self) -> int:
+        return 0
+
+    def set_accept(self, accept: Callable[[str], bool] | None) -> None:
+        """Change which streams are kept (a shard hand-off)."""
+        self.accept = accept
+
+
+class MqttSource(StreamIntake):
+    """Samples and resets of many streams from one broker; predictions back to it.
+
+    ``accept(stream) -> bool`` keeps only this daemon's streams (sharding); the others
+    are counted as ``foreign`` and dropped before parsing.
+    """
+
+    def __init__(self, url: str, feature_names, *, accept: Callable[[str], bool] | None = None,
+                 queue_size: int = 200_000, client_id: str | None = None,
+                 keepalive: int = 15, max_queued_publishes: int = 200_000,
+                 client: str = "auto", qos: int = 1):
+        super().__init__(url, feature_names, accept)
+        self.queue: EventQueue = EventQueue(queue_size)
+        self.qos = qos
+        self._closing = False
+        self.client = make_client(client, self.address.host, self.address.port, self.filters,
+                                  client_id or f"stepwise-{uuid.uuid4().hex[:12]}", keepalive,
+                                  max_queued_publishes, self._on_message, self._on_ready,
+                                  self._on_lost)
+        self.client_kind = type(self.client).__name__
+        self.switch_interval = self.client.switch_interval  # the daemon loop's hint
+
+    # -- lifetime ------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> "MqttSource":
+        """Connect (retrying in the background) and wait up to ``timeout`` until the
+        subscription is granted; ``PortError`` if the broker cannot be reached by then."""
+        self.client.start()
+        if not self.connected.wait(timeout):
+            self.close()
+            raise PortError(f"MQTT broker {self.address.host}:{self.address.port} "
+                            f"not reachable within {timeout:g} s")
+        return self
+
+    def close(self) -> None:
+        self._closing = True
+        self.client.close()
+
+    # -- input ---------------------------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            self._take(topic, payload, time.monotonic())
+        except Exception:  # a callback error must never stop the network thread
+            self.counters["callback_errors"] += 1
+            log.exception("MQTT message on %r could not be handled (skipped)", topic)
+
+    def _take(self, topic: str, payload: bytes, received: float) -> None:
+        stream, kind = self._route(topic)
+        if kind is None:
+            self.counters[stream] += 1
+            return
+        self.counters["messages"] += 1
+        if kind == "reset":
+            events = [(stream, Reset(None, received))]
+        else:
+            events = self._parse(stream, payload, received)
+        if events and self.queue.put_many(events, timeout=1.0) < len(events):
+            self.counters["queue_full"] += 1
+            log.warning("event queue full: samples of stream %s dropped", stream)
+
     def get_many(self, limit: int, timeout: Optional[float] = None) -> list:
         """Up to ``limit`` ``(stream, event)`` pairs, oldest first (see ``EventQueue``)."""
         return self.queue.get_many(limit, timeout)
 
     # -- output --------------------------------------------------------------------
+    def publish_many(self, streams: list, payloads: list) -> None:
+        for stream, payload in zip(streams, payloads):
+            self.publish(stream, payload)
+
     def publish(self, stream: str, payload: bytes | str) -> bool:
-        """Queue one prediction for ``PREFIX/<stream>/prediction`` at QoS 1; False (counted)
-        when the client's own queue is full. Never blocks."""
+        """Queue one prediction for ``PREFIX/<stream>/prediction`` (QoS ``qos``); False
+        (counted) when the client's own queue is full. Never blocks."""
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
-        if not self.client.publish(self.address.topic(stream, "prediction"), payload):
+        if not self.client.publish(self.address.topic(stream, "prediction"), payload, self.qos):
             self.counters["publish_dropped"] += 1
             return False
         self.counters["published"] += 1
         return True
 
-    def status(self) -> dict[str, int]:
-        rejected = self.rejects.snapshot()
-        return {**self.counters, **{f"rejected_{k}": v for k, v in rejected.items()},
-                "queued": len(self.queue)}
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        if not self.client.publish(topic, payload, 1, retain=True):
+            self.counters["publish_dropped"] += 1
+
+    def queued(self) -> int:
+        return len(self.queue)

@@ -29,12 +29,12 @@ CLIENTS = ("auto", "paho", "libmosquitto")
 class PahoClient:
     switch_interval = 0.0005  # seconds: see runtime.multiserve (a Python network thread)
 
-    def __init__(self, host: str, port: int, sub: str, client_id: str, keepalive: int,
+    def __init__(self, host: str, port: int, subs: list[str], client_id: str, keepalive: int,
                  max_queued: int, on_message: Callable, on_ready: Callable, on_lost: Callable):
         import paho.mqtt.client as mqtt
 
         self._mqtt, self._host, self._port, self._keepalive = mqtt, host, port, keepalive
-        self._sub, self._on_ready, self._on_lost = sub, on_ready, on_lost
+        self._subs, self._on_ready, self._on_lost = subs, on_ready, on_lost
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=True)
         # no in-flight cap: paho rescans its whole in-flight list on every PUBACK once a
@@ -51,11 +51,11 @@ class PahoClient:
         if reason_code.is_failure:
             log.error("MQTT broker refused the connection: %s", reason_code)
             return
-        client.subscribe(self._sub, qos=1)
+        client.subscribe([(f, 1) for f in self._subs])
 
     def _subscribed(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(rc.is_failure for rc in reason_codes):
-            log.error("MQTT broker refused the subscription to %s: %s", self._sub, reason_codes)
+            log.error("MQTT broker refused the subscription to %s: %s", self._subs, reason_codes)
             return
         self._on_ready()
 
@@ -63,8 +63,9 @@ class PahoClient:
         self.client.connect_async(self._host, self._port, self._keepalive)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: bytes) -> bool:
-        return self.client.publish(topic, payload, qos=1).rc != self._mqtt.MQTT_ERR_QUEUE_SIZE
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        return self.client.publish(topic, payload, qos=qos, retain=retain).rc != \
+            self._mqtt.MQTT_ERR_QUEUE_SIZE
 
     def close(self) -> None:
         self.client.disconnect()
@@ -119,14 +120,15 @@ def libmosquitto():
 class MosquittoClient:
     switch_interval = None  # the interpreter's default (a C network thread)
 
-    def __init__(self, host: str, port: int, sub: str, client_id: str, keepalive: int,
+    def __init__(self, host: str, port: int, subs: list[str], client_id: str, keepalive: int,
                  max_queued: int, on_message: Callable, on_ready: Callable, on_lost: Callable):
         lib = libmosquitto()
         if lib is None:
             raise ConfigError("libmosquitto is not installed (Debian: apt-get install "
                               "libmosquitto1), use --mqtt-client paho")
         self._lib, self._host, self._port, self._keepalive = lib, host.encode(), port, keepalive
-        self._sub, self._max_queued, self._unacked = sub.encode(), max_queued, 0
+        self._subs, self._max_queued, self._unacked = [f.encode() for f in subs], max_queued, 0
+        self._granted = 0  # SUBACKs of this connection
         self._lock = threading.Lock()
         self._m = lib.mosquitto_new(client_id.encode(), True, None)
         if not self._m:
@@ -141,15 +143,19 @@ class MosquittoClient:
             if rc == 0:
                 with self._lock:
                     self._unacked = 0  # what was in flight is resent or gone: count afresh
-                lib.mosquitto_subscribe(self._m, None, self._sub, 1)
+                self._granted = 0
+                for f in self._subs:
+                    lib.mosquitto_subscribe(self._m, None, f, 1)
             else:
                 log.error("MQTT broker refused the connection (CONNACK %d)", rc)
 
         def subscribed(mosq, obj, mid, count, granted):
             if count and granted[0] > 2:
-                log.error("MQTT broker refused the subscription to %s", sub)
+                log.error("MQTT broker refused the subscription to %s", subs)
                 return
-            on_ready()
+            self._granted += 1
+            if self._granted == len(self._subs):
+                on_ready()
 
         def published(mosq, obj, mid):
             with self._lock:
@@ -172,13 +178,13 @@ class MosquittoClient:
                         self._host.decode(), self._port, rc)
         self._lib.mosquitto_loop_start(self._m)
 
-    def publish(self, topic: str, payload: bytes) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         with self._lock:
             if self._unacked >= self._max_queued:
                 return False
             self._unacked += 1
-        rc = self._lib.mosquitto_publish(self._m, None, topic.encode(), len(payload), payload, 1,
-                                         False)
+        rc = self._lib.mosquitto_publish(self._m, None, topic.encode(), len(payload), payload, qos,
+                                         retain)
         if rc != 0:  # not connected: the prediction is not queued (nothing will ack it)
             with self._lock:
                 self._unacked -= 1

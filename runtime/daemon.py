@@ -24,6 +24,7 @@ from runtime.events import Reset, Sample, SampleSource
 from runtime.output import Output
 from runtime.records import record_line
 from runtime.store import StateStore
+from runtime.signals import SignalledLoop
 from runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class ServeOptions:
     http: tuple[str, int] | None = None  # the live view's address (None: off)
 
 
-class Daemon:
+class Daemon(SignalledLoop):
     def __init__(self, opts: ServeOptions, notifier: Notifier | None = None):
         self.opts = opts
         self.notifier = notifier or Notifier()
@@ -96,19 +97,6 @@ class Daemon:
         ``status`` a callable returning the counters (``live_status``). The observer runs
         on the loop's thread, after the turn's output is written: it must not block."""
         self._observer, self._observed = observer, []
-
-    # -- signals ---------------------------------------------------------------------
-    def _on_stop(self, signum, frame) -> None:
-        self._stop = signum
-
-    def _on_hup(self, signum, frame) -> None:
-        self._reopen = True
-
-    def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: the write fails, counted
 
     # -- the loop --------------------------------------------------------------------
     def run(self, source: SampleSource) -> int:

@@ -460,6 +460,16 @@ class Engine:
                             steps=steps[k], seq=seq[k], last_t=last_t[k])
                 for k in range(len(lanes))]
 
+    def copy_lanes_to(self, other: "Engine", src, dst) -> None:
+        """Lanes ``src`` of this engine into lanes ``dst`` of ``other`` (loaded from the
+        same model and policy): carried state as stored, steps, sequence, last sample
+        time. Many streams step a few lanes of a big batch in a smaller engine this way."""
+        for a, b in zip(self._states, other._states):
+            b.vin[dst] = a.vin[src]
+        sa, sb = self.schedule, other.schedule
+        sb.steps[dst], sb.seq[dst], sb.last_t[dst] = sa.steps[src], sa.seq[src], sa.last_t[src]
+        other._offset[dst] = self._offset[src]
+
     def load_lane(self, lane: int, state: StreamState | None) -> None:
         """Put ``state`` into lane ``lane`` (None: the zero state, step 0, sequence 0);
         ``StateCorruptError`` if it does not fit the model or is not finite."""

@@ -32,6 +32,21 @@ class Reset:
     received: float = 0.0
 
 
+@dataclass(eq=False, slots=True)
+class SampleBlock:
+    """Samples of many streams at once, in arrival order (a source that reads many
+    messages together, ``firmware_bridge.mqtt_bulk``): ``streams`` ``[n]`` ids,
+    ``values`` ``[n, F]`` float32 in manifest order, ``received`` the ``time.monotonic()``
+    of the read. ``runtime.lanes.LaneManager.step_block`` steps it."""
+
+    streams: list
+    values: np.ndarray
+    received: float
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+
 SourceEvent = Union[Sample, Reset]
 
 

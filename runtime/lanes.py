@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -27,11 +26,13 @@ import numpy as np
 
 from runtime.engine import Engine
 from runtime.errors import ConfigError
+from runtime.stream_block import BlockResult
 from runtime.stream_state import StreamState
 
 log = logging.getLogger(__name__)
 
 MIN_LANES = 8
+WORKER_LANES = (16, 64, 256)  # the smaller engines of step_block's partial rounds
 
 
 @dataclass(slots=True)
@@ -76,6 +77,7 @@ class LaneManager:
         self.parked: collections.OrderedDict[str, StreamState] = collections.OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
         self.invokes = 0
+        self._workers: dict[int, Engine] = {}
 
     # -- who is where --------------------------------------------------------------
     @property
@@ -147,6 +149,13 @@ class LaneManager:
             self.counters["forgotten"] += 1
             log.warning("more than %d idle streams: the state of %s is dropped",
                         self.max_parked, gone)
+
+    def forget(self, streams) -> None:
+        """Drop these streams and their state entirely (another daemon serves them now)."""
+        for stream in streams:
+            if stream in self.lane_of:
+                self.park(stream)
+            self.parked.pop(stream, None)
 
     def evict_idle(self, now: float | None = None) -> list[str]:
         """Park every stream that sent nothing for ``idle_seconds``; their ids."""
@@ -227,6 +236,105 @@ class LaneManager:
                                     fault=faults[k]))
         return out
 
+    def step_block(self, streams: list, X: np.ndarray, t: float) -> BlockResult:
+        """``step`` for a ``SampleBlock``'s columns: ``streams`` ``[n]``, ``X`` ``[n, F]``,
+        one unix time ``t`` for all; the results in the block's order. A stream's k-th
+        sample of the block goes into round k; each round is one invoke."""
+        n = len(streams)
+        lane_of = self.lane_of
+        distinct = dict.fromkeys(streams)
+        if len(distinct) > self.max_streams:  # more streams than lanes: the general path
+            return self._block_by_step(streams, X, t)
+        if not lane_of.keys() >= distinct.keys():
+            busy = {lane_of[s] for s in distinct if s in lane_of}
+            for s in distinct:
+                if s not in lane_of:
+                    busy.add(self._lane_for(s, busy))
+        lanes = np.array(list(map(lane_of.__getitem__, streams)), np.int64)
+        eng = self.engine  # after any growth
+        y = np.empty((n, eng.output.units), np.float32)
+        seq, steps = np.empty(n, np.int64), np.empty(n, np.int64)
+        rejected = np.empty(n, bool)
+        for idx in _rounds(lanes, len(distinct)):
+            at = slice(None) if idx is None else idx
+            y[at], seq[at], steps[at], rejected[at] = self._invoke(
+                lanes if idx is None else lanes[idx], X if idx is None else X[idx], t)
+        samples = self.samples
+        ivals = [-1] * n
+        if len(distinct) == n and not rejected.any():  # each stream once: no loop
+            ivals = list(map(samples.__getitem__, streams))
+            samples.update(zip(streams, map((1).__add__, ivals)))
+        elif rejected.any():
+            self.counters["rejected_non_finite"] += int(rejected.sum())
+            rej = rejected.tolist()
+            for k, s in enumerate(streams):
+                if not rej[k]:
+                    ivals[k] = samples[s]
+                    samples[s] += 1
+        else:
+            for k, s in enumerate(streams):
+                ivals[k] = i = samples[s]
+                samples[s] = i + 1
+        self.last_seen.update(dict.fromkeys(distinct, self.clock()))
+        return BlockResult(streams, ivals, seq, steps, y, rejected)
+
+    def _invoke(self, L: np.ndarray, X: np.ndarray, t: float):
+        """One round: samples ``X`` ``[k, F]`` into lanes ``L`` ``[k]`` (distinct) ->
+        ``y``, ``seq``, ``steps``, ``rejected`` of those lanes. A round that fills at most
+        a quarter of the engine runs in a smaller engine (``WORKER_LANES``): the lanes'
+        state goes there and back, so the invoke costs what ``k`` lanes cost, not all."""
+        eng, k = self.engine, len(L)
+        self.invokes += 1
+        worker = self._worker(k)
+        if worker is None:
+            Xb = np.zeros((eng.lanes, eng.features), np.float32)
+            mask = np.zeros(eng.lanes, bool)
+            Xb[L] = X
+            mask[L] = True
+            p = eng.step_lanes(Xb, mask, t=t)
+            return p.y[L], p.seq[L], p.steps[L], p.rejected[L]
+        w = worker
+        own = np.arange(k)
+        eng.copy_lanes_to(w, L, own)
+        seen, rejected, resets = w.samples_seen, w.rejected, collections.Counter(w.resets)
+        Xb = np.zeros((w.lanes, eng.features), np.float32)
+        mask = np.zeros(w.lanes, bool)
+        Xb[:k] = X
+        mask[:k] = True
+        p = w.step_lanes(Xb, mask, t=t)
+        w.copy_lanes_to(eng, own, L)
+        eng.samples_seen += w.samples_seen - seen
+        eng.rejected += w.rejected - rejected
+        eng.resets.update(w.resets - resets)
+        return p.y[:k], p.seq[:k], p.steps[:k], p.rejected[:k]
+
+    def _worker(self, k: int) -> Engine | None:
+        """The smallest worker engine of ``WORKER_LANES`` that holds ``k`` lanes, if it
+        is at most a quarter of the engine (else None: the engine steps itself)."""
+        for size in WORKER_LANES:
+            if size >= k:
+                if 4 * size > self.engine.lanes:
+                    return None
+                w = self._workers.get(size)
+                if w is None:
+                    w = self._workers[size] = self.make_engine(size)
+                return w
+        return None
+
+    def _block_by_step(self, streams, X, t) -> BlockResult:
+        results = {}
+        for r, k in zip(self.step([(s, X[k], t) for k, s in enumerate(streams)]),
+                        _stepping_order(streams, self)):
+            results[k] = r
+        rs = [results[k] for k in range(len(streams))]
+        units = self.engine.output.units
+        return BlockResult(list(streams), [r.i for r in rs],
+                           np.array([r.seq for r in rs], np.int64),
+                           np.array([r.step for r in rs], np.int64),
+                           np.array([r.y if r.y is not None else np.full(units, np.nan) for r in rs],
+                                    np.float32).reshape(len(rs), units),
+                           np.array([r.rejected for r in rs], bool))
+
     # -- persistence ---------------------------------------------------------------
     def stream_states(self) -> dict[str, StreamState]:
         """Every known stream's state by id (active ones read from their lanes)."""
@@ -242,3 +350,37 @@ class LaneManager:
         for stream, state in states.items():
             self.parked[stream] = state
         log.info("%d stream state(s) restored (they take lanes as they send)", len(states))
+
+
+def _rounds(lanes: np.ndarray, distinct: int):
+    """Index arrays of the samples in each round (a lane's k-th sample in round k);
+    ``[None]`` when every sample has its own lane (one round, no indexing)."""
+    n = len(lanes)
+    if distinct == n:
+        return [None]
+    order = np.argsort(lanes, kind="stable")
+    ranked = lanes[order]
+    first = np.ones(n, bool)
+    first[1:] = ranked[1:] != ranked[:-1]
+    pos = np.arange(n)
+    occurrence = np.empty(n, np.int64)
+    occurrence[order] = pos - np.maximum.accumulate(np.where(first, pos, 0))
+    return [np.flatnonzero(occurrence == r) for r in range(int(occurrence.max()) + 1)]
+
+
+def _stepping_order(streams: list, manager: LaneManager):
+    """The block positions in the order ``LaneManager.step`` returns their results."""
+    pending: dict[str, collections.deque] = {}
+    for k, s in enumerate(streams):
+        pending.setdefault(s, collections.deque()).append(k)
+    out = []
+    while pending:  # as _round: each stream's oldest sample, streams in first-seen order
+        taken = 0
+        for s in list(pending):
+            if taken == manager.max_streams:
+                break
+            out.append(pending[s].popleft())
+            taken += 1
+            if not pending[s]:
+                del pending[s]
+    return out

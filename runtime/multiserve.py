@@ -21,13 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.engine import Engine
-from runtime.events import Sample
+from runtime.events import Sample, SampleBlock
 from runtime.lanes import LaneManager, StreamResult
 from runtime.output import Output
 from runtime.records import record_line
 from runtime.shard import ShardSpec, shard_dir
+from runtime.shard_lease import ShardLeases
+from runtime.shard_serving import ShardServing
+from runtime.stream_block import LineWriter
+from runtime.stream_discovery import discovery_config, discovery_topic
 from runtime.stream_format import StreamsSnapshot
 from runtime.stream_store import StreamStore
+from runtime.signals import SignalledLoop
 from runtime.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,8 @@ class MultiServeOptions:
     stdout: bool = False  # without ``output``: the JSON lines to stdout (else only published)
     status_interval: float = 60.0
     legacy_stream: str | None = None  # the stream a single-stream checkpoint becomes
+    lease: float = 0.0  # seconds: hand shards over live (runtime.shard_lease); 0: off
+    ha_discovery: str | None = None  # Home Assistant discovery prefix (runtime.stream_discovery)
 
 
 class _Line:
@@ -62,7 +69,7 @@ class _Line:
         self.y, self.step, self.label = r.y, r.step, label
 
 
-class MultiDaemon:
+class MultiDaemon(SignalledLoop, ShardServing):
     def __init__(self, opts: MultiServeOptions, notifier: Notifier | None = None, metrics=None):
         self.opts = opts
         self.notifier = notifier or Notifier()
@@ -70,18 +77,30 @@ class MultiDaemon:
         self.lanes = LaneManager(self._engine, opts.max_streams, opts.stream_idle)
         engine = self.lanes.engine
         self.output_spec = engine.output
-        self.stores = {i: StreamStore(self._dir(i), engine.model_sha256, engine.contract.states,
-                                      interval=opts.checkpoint_interval,
-                                      legacy_stream=opts.legacy_stream)
-                       for i in opts.shard.owned}
+        self._writer = LineWriter(engine.output)
+        self.output = None  # the --output file while running
+        self.stores: dict[int, StreamStore] = {}  # per shard served now
+        self.leases = None if not opts.lease else ShardLeases(
+            opts.state_dir, opts.shard.owned, opts.shard.count, opts.lease)
+        self.source = None  # set by run(); told when the shards served change
+        self._announced: set[str] = set()  # streams whose discovery config went out
         self.counters: collections.Counter[str] = collections.Counter()
-        self._stop = False
+        self._stop: int | None = None  # the signal number that asked to stop
         self._reopen = False
         self._synced: dict[str, int] = {}  # source reject counts already in the metrics
         self._observer = None  # see observe()
         self._observed: dict[str, list] = {}
         self.last_checkpoint: float | None = None  # unix time of the newest checkpoint written
-        self._restore()
+        states = {}
+        for shard in opts.shard.owned:
+            if self.leases is None or self.leases.acquire(shard):
+                states |= self._load_shard(shard)
+            else:
+                log.info("shard %d/%d is served by %s: waiting for it to hand the shard back",
+                         shard, opts.shard.count, self.leases.holder(shard))
+        self.lanes.restore(states)
+        if self.leases is not None:
+            self.leases.heartbeat(set(self.stores), force=True)
         self._saved_mark = self._mark()
 
     def _engine(self, lanes: int) -> Engine:
@@ -92,20 +111,6 @@ class MultiDaemon:
     def _dir(self, shard: int) -> Path:
         count = self.opts.shard.count
         return self.opts.state_dir if count == 1 else shard_dir(self.opts.state_dir, shard, count)
-
-    def _restore(self) -> None:
-        states = {}
-        for shard, store in self.stores.items():
-            snap = store.restore()
-            if snap is None:
-                continue
-            for stream, state in snap.streams.items():
-                if self.opts.shard.of(stream) == shard:
-                    states[stream] = state
-                else:
-                    log.warning("stream %s in the checkpoint of shard %d belongs to shard %d: "
-                                "not restored here", stream, shard, self.opts.shard.of(stream))
-        self.lanes.restore(states)
 
     def _mark(self):
         return (self.lanes.engine.samples_seen, self.counters["resets"],
@@ -133,6 +138,8 @@ class MultiDaemon:
         return ok
 
     def _checkpoint_if_due(self) -> None:
+        if not self.stores:
+            return
         store = next(iter(self.stores.values()))
         mark = self._mark()
         if mark != self._saved_mark and store.due():
@@ -156,20 +163,6 @@ class MultiDaemon:
             self._observer("", [], status)  # the counters also move on a quiet turn
         self._observed = {}
 
-    # -- signals ---------------------------------------------------------------------
-    def _on_stop(self, signum, frame) -> None:
-        self._stop = True
-        log.info("%s received: finishing the current batch", signal.Signals(signum).name)
-
-    def _on_hup(self, signum, frame) -> None:
-        self._reopen = True
-
-    def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: the write fails, counted
-
     # -- the loop --------------------------------------------------------------------
     def run(self, source) -> int:
         # a source whose network thread runs Python (paho-mqtt) hands the GIL to this loop
@@ -179,14 +172,15 @@ class MultiDaemon:
         interval = getattr(source, "switch_interval", None)
         if interval:
             sys.setswitchinterval(interval)
+        self.source = source
         out = self.output = Output(self.opts.output) if self.opts.output or self.opts.stdout else None
         self.notifier.ready(self.status(source))
         log.info("serving up to %d streams (shard %s, reset %s); state in %s",
                  self.opts.max_streams, self.opts.shard, self.lanes.engine.policy,
                  self.opts.state_dir)
-        next_idle = next_status = time.monotonic()
+        next_idle = next_status = next_lease = time.monotonic()
         try:
-            while not self._stop:
+            while self._stop is None:
                 events = source.get_many(BATCH, timeout=0.05)
                 if events:
                     lines = self.handle(events, source)
@@ -202,6 +196,9 @@ class MultiDaemon:
                     next_idle = now + IDLE_CHECK
                     self.lanes.evict_idle(now)
                     self._update_gauges(source)
+                if self.leases is not None and now >= next_lease:
+                    next_lease = now + self.leases.seconds / 3  # well inside every lease
+                    self._hand_over()
                 self._checkpoint_if_due()
                 self.notifier.watchdog_due()
                 if now >= next_status:
@@ -209,21 +206,32 @@ class MultiDaemon:
                     self.notifier.status(self.status(source))
                     log.info("counters: %s", self.status(source))
         finally:
+            if self._stop is not None:
+                log.info("%s received: finishing the current batch", signal.Signals(self._stop).name)
             self.notifier.stopping()
             ok = self.checkpoint()
             log.info("shutdown checkpoint %s; %s", "written" if ok else "FAILED",
                      self.status(source))
+            if self.leases is not None and ok:  # the state is on disk: a peer may take over
+                self.leases.leave(list(self.stores))
             source.close()
             if out is not None:
                 out.close()
         return 0
 
     def handle(self, events, source) -> list[str]:
-        """Step a batch of ``(stream, event)``; publish and return the output lines."""
+        """Step a batch of ``(stream, event)`` pairs and ``SampleBlock``s; publish and
+        return the output lines."""
         lines: list[str] = []
         samples = []
         wall_minus_mono = time.time() - time.monotonic()
-        for stream, event in events:
+        for item in events:
+            if type(item) is SampleBlock:
+                lines += self._step(samples, source)
+                samples = []
+                lines += self._step_block(item, item.received + wall_minus_mono, source)
+                continue
+            stream, event = item
             if type(event) is not Sample:  # a reset: the samples before it are stepped first
                 lines += self._step(samples, source)
                 samples = []
@@ -241,15 +249,12 @@ class MultiDaemon:
     def _step(self, samples, source) -> list[str]:
         if not samples:
             return []
+        if self.opts.ha_discovery:
+            self._announce([s for s, _, _ in samples], source)
         t0 = time.perf_counter()
         rounds = self.lanes.invokes
         results = self.lanes.step(samples)
-        if self.metrics is not None:
-            n_rounds = max(1, self.lanes.invokes - rounds)
-            per = (time.perf_counter() - t0) / n_rounds
-            for _ in range(n_rounds):
-                self.metrics.step_seconds.observe(per)
-            self.metrics.samples.inc(len(samples))
+        self._observe_step(t0, rounds, len(samples))
         label_of = self.output_spec.label_of
         now = f', "t": {round(time.time(), 6)!r}}}\n'
         lines = []
@@ -275,6 +280,51 @@ class MultiDaemon:
         if self.metrics is not None:
             self.metrics.predictions.inc(len(lines))
         return lines
+
+    def _announce(self, streams, source) -> None:
+        """Home Assistant discovery: one retained config message per stream first seen."""
+        new = [s for s in dict.fromkeys(streams) if s not in self._announced]
+        prefix = source.address.prefix
+        for stream in new:
+            self._announced.add(stream)
+            source.publish_retained(
+                discovery_topic(self.opts.ha_discovery, prefix, stream),
+                discovery_config(prefix, stream, self.lanes.engine.model_sha256))
+
+    def _step_block(self, block: SampleBlock, t: float, source) -> list[str]:
+        if self.opts.ha_discovery:
+            self._announce(block.streams, source)
+        if self._observer is not None:  # the live view takes per-sample records
+            return self._step([(s, x, t) for s, x in zip(block.streams, block.values)], source)
+        t0 = time.perf_counter()
+        rounds = self.lanes.invokes
+        res = self.lanes.step_block(block.streams, block.values, t)
+        self._observe_step(t0, rounds, len(block))
+        n_rejected = int(res.rejected.sum())
+        if n_rejected:
+            self.counters["rejected_non_finite"] += n_rejected
+            if self.metrics is not None:
+                self.metrics.rejects.labels("non_finite").inc(n_rejected)
+        streams, lines = self._writer.lines(res, time.time())
+        publish_many = getattr(source, "publish_many", None)
+        if publish_many is not None:
+            publish_many(streams, lines)
+        else:
+            for stream, line in zip(streams, lines):
+                source.publish(stream, line)
+        self.counters["predictions"] += len(lines)
+        if self.metrics is not None:
+            self.metrics.predictions.inc(len(lines))
+        return [line + "\n" for line in lines] if self.output is not None else lines
+
+    def _observe_step(self, t0: float, rounds: int, samples: int) -> None:
+        if self.metrics is None:
+            return
+        n_rounds = max(1, self.lanes.invokes - rounds)
+        per = (time.perf_counter() - t0) / n_rounds
+        for _ in range(n_rounds):
+            self.metrics.step_seconds.observe(per)
+        self.metrics.samples.inc(samples)
 
     def _update_gauges(self, source) -> None:
         if self.metrics is None:

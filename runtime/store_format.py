@@ -172,6 +172,19 @@ def _pack_name(name: str) -> bytes:
 
 
 # -- parse -------------------------------------------------------------------------
+def check_extent(data: bytes, total: int, crc_offset: int, crc: int) -> None:
+    """The file is exactly the ``total`` bytes its header declares, and the CRC32 of every
+    byte but the four at ``crc_offset`` is ``crc`` (both checkpoint format versions)."""
+    n = len(data)
+    if n < total:
+        raise CheckpointError(TRUNCATED, f"file is {n} bytes, its header declares {total}")
+    if n > total:
+        raise CheckpointError(OVERSIZED, f"file is {n} bytes, its header declares {total}")
+    actual = zlib.crc32(data[crc_offset + 4:], zlib.crc32(data[:crc_offset]))
+    if actual != crc:
+        raise CheckpointError(CRC_MISMATCH, f"stored CRC32 {crc:#010x}, computed {actual:#010x}")
+
+
 def parse_checkpoint(data: bytes) -> Checkpoint:
     """Integrity checks (magic, version, lengths, CRC, layout, finiteness) and parse."""
     n = len(data)
@@ -188,14 +201,7 @@ def parse_checkpoint(data: bytes) -> Checkpoint:
                                                    f"reads version {FORMAT_VERSION}")
     if header_len < FIXED.size:
         raise CheckpointError(MALFORMED, f"header length {header_len} < {FIXED.size}")
-    total = header_len + payload_len
-    if n < total:
-        raise CheckpointError(TRUNCATED, f"file is {n} bytes, its header declares {total}")
-    if n > total:
-        raise CheckpointError(OVERSIZED, f"file is {n} bytes, its header declares {total}")
-    actual = zlib.crc32(data[CRC_OFFSET + 4:], zlib.crc32(data[:CRC_OFFSET]))
-    if actual != crc:
-        raise CheckpointError(CRC_MISMATCH, f"stored CRC32 {crc:#010x}, computed {actual:#010x}")
+    check_extent(data, header_len + payload_len, CRC_OFFSET, crc)
     reader = _Reader(data, FIXED.size, header_len)
     layout = tuple(reader.state_entry() for _ in range(n_states))
     extra = {reader.name(): reader.unpack("<q")[0] for _ in range(n_extra)}

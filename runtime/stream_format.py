@@ -37,8 +37,8 @@ import numpy as np
 from runtime.contract import StateSpec
 from runtime.errors import StateCorruptError
 from runtime.store_format import (
-    BAD_MAGIC, CRC_MISMATCH, MAGIC, MALFORMED, NON_FINITE, OTHER_MODEL, OVERSIZED, TRUNCATED,
-    UNSUPPORTED_VERSION, WRONG_SHAPE, WRONG_STATES, CheckpointError, _Reader, sha256_bytes,
+    BAD_MAGIC, MAGIC, MALFORMED, NON_FINITE, OTHER_MODEL, TRUNCATED, UNSUPPORTED_VERSION,
+    WRONG_SHAPE, WRONG_STATES, CheckpointError, _Reader, check_extent, sha256_bytes,
 )
 from runtime.stream_state import StreamState
 
@@ -129,13 +129,9 @@ def decode_streams(data: bytes, model_sha256: str | None,
         raise CheckpointError(UNSUPPORTED_VERSION, f"format version {version}, expected "
                                                    f"{STREAMS_VERSION} (many streams)")
     total = header_len + payload_len
-    if header_len < FIXED2.size or n < total:
+    if header_len < FIXED2.size:
         raise CheckpointError(TRUNCATED, f"file is {n} bytes, its header declares {total}")
-    if n > total:
-        raise CheckpointError(OVERSIZED, f"file is {n} bytes, its header declares {total}")
-    actual = zlib.crc32(data[CRC2_OFFSET + 4:], zlib.crc32(data[:CRC2_OFFSET]))
-    if actual != crc:
-        raise CheckpointError(CRC_MISMATCH, f"stored CRC32 {crc:#010x}, computed {actual:#010x}")
+    check_extent(data, total, CRC2_OFFSET, crc)
     if model_sha256 is not None and sha.hex() != model_sha256.lower():
         raise CheckpointError(OTHER_MODEL, f"checkpoint is for model {sha.hex()[:12]}..., "
                                            f"this model is {model_sha256.lower()[:12]}...")

@@ -55,8 +55,11 @@ def serve(opts: ServeOptions) -> int:
 @click.option("--mqtt", default=None, metavar="URL", help="MQTT broker and topic prefix, "
               "mqtt://HOST[:PORT][/PREFIX]: streams are PREFIX/<stream>/sample (docs/PROTOCOL.md).")
 @click.option("--mqtt-client", default="auto", show_default=True,
-              type=click.Choice(["auto", "paho", "libmosquitto"]),
-              help="MQTT client library (auto: libmosquitto where installed, else paho-mqtt).")
+              type=click.Choice(["auto", "bulk", "paho", "libmosquitto"]),
+              help="MQTT client (auto: bulk, stepwise's own reader of whole socket reads; "
+                   "or the paho-mqtt / libmosquitto libraries).")
+@click.option("--mqtt-qos", default=1, show_default=True, type=click.IntRange(0, 1),
+              help="QoS of the published predictions.")
 @click.option("--max-streams", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Most streams holding an engine lane at once (many-stream mode).")
 @click.option("--stream-idle", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
@@ -66,17 +69,25 @@ def serve(opts: ServeOptions) -> int:
               help="Serve Prometheus metrics on http://HOST:PORT/metrics.")
 @click.option("--shard", default=None, metavar="I/N", help="Serve only the streams of shard I "
               "of N (rendezvous hashing of the stream id; I may be a list: 0,1/3).")
+@click.option("--lease", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --shard and a shared --state-dir: hand shards over between running "
+                   "daemons, with leases of this many seconds (0: off).")
+@click.option("--ha-discovery", default=None, metavar="PREFIX",
+              help="With --mqtt: announce each stream's prediction to Home Assistant (retained "
+                   "config under PREFIX/sensor/..., usually PREFIX=homeassistant).")
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
               help="Write warm-up outputs (zero-padded windows, marked \"warmup\": true) or leave them out.")
 @click.option("--http", default=None, metavar="HOST:PORT",
               help="Serve the live page there (off by default; PORT alone binds to loopback).")
 def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, reset, variant, output, reply,
-              status_interval, backend, mqtt, mqtt_client, max_streams, stream_idle, metrics,
-              shard, warmup, http) -> None:
+              status_interval, backend, mqtt, mqtt_client, mqtt_qos, max_streams, stream_idle,
+              metrics, shard, lease, ha_discovery, warmup, http) -> None:
     """The on-device daemon: samples from a serial port (or many streams) in, one
     prediction per sample out."""
     if not ports and not mqtt:
         raise click.UsageError("give --port (one or more) or --mqtt")
+    if ha_discovery and not mqtt:
+        raise click.UsageError("--ha-discovery needs --mqtt (it announces MQTT topics)")
     if mqtt or len(ports) > 1 or metrics or shard:
         from stepwise_cli.serve_many import serve_many
 
@@ -86,7 +97,7 @@ def serve_cmd(artifacts, ports, baud, protocol, state_dir, checkpoint_interval, 
                             variant=variant, output=output, status_interval=status_interval,
                             backend=backend, max_streams=max_streams, stream_idle=stream_idle,
                             metrics=metrics, shard=shard, mqtt_client=mqtt_client,
-                            http=None if http is None else parse_address(http)))
+                            mqtt_qos=mqtt_qos, lease=lease, ha_discovery=ha_discovery, http=None if http is None else parse_address(http)))
     port = ports[0]
     opts = ServeOptions(artifacts=artifacts, port=port, baud=baud, protocol=protocol,
                         state_dir=state_dir or state_directory(), checkpoint_interval=checkpoint_interval,

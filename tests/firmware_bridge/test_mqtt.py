@@ -11,6 +11,8 @@ from tests.needs import missing
 paho = pytest.importorskip("paho.mqtt.client")
 
 from firmware_bridge.mqtt import MqttSource, parse_mqtt_url, valid_stream_id  # noqa: E402
+from firmware_bridge.mqtt_bulk import BulkMqttSource  # noqa: E402
+from runtime.events import SampleBlock  # noqa: E402
 from runtime.events import Reset, Sample  # noqa: E402
 from runtime.errors import ConfigError, PortError  # noqa: E402
 
@@ -42,14 +44,40 @@ class Peer:
         self.client.loop_stop()
 
 
-def take(source: MqttSource, n: int, timeout: float = 5.0) -> list:
-    out, deadline = [], time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        out += source.get_many(1000, timeout=0.1)
+def pairs(events) -> list:
+    """``(stream, event)`` pairs, a ``SampleBlock`` (bulk source) taken apart in order."""
+    out = []
+    for e in events:
+        if type(e) is SampleBlock:
+            assert e.values.dtype == np.float32 and e.values.shape == (len(e), len(NAMES))
+            out += [(s, Sample(x, None, e.received)) for s, x in zip(e.streams, e.values)]
+        else:
+            out.append(e)
     return out
 
 
-@pytest.fixture(params=["paho", "libmosquitto"])
+def take(source, n: int, timeout: float = 5.0) -> list:
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        out += pairs(source.get_many(1000, timeout=0.1))
+    return out
+
+
+def wait_until(source, cond, timeout: float) -> bool:
+    """Poll ``cond`` while driving the source (the bulk one reads only when asked)."""
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        source.get_many(1000, timeout=0.02)
+    return bool(cond())
+
+
+def open_source(url: str, kind: str, **kw):
+    if kind == "bulk":
+        return BulkMqttSource(url, NAMES, **kw)
+    return MqttSource(url, NAMES, client=kind, **kw)
+
+
+@pytest.fixture(params=["bulk", "paho", "libmosquitto"])
 def kind(request):
     from firmware_bridge.mqtt_clients import libmosquitto
 
@@ -60,7 +88,7 @@ def kind(request):
 
 @pytest.fixture
 def source(broker, kind):
-    src = MqttSource(broker.url + "/test", NAMES, client=kind).start()
+    src = open_source(broker.url + "/test", kind).start()
     yield src
     src.close()
 
@@ -107,34 +135,31 @@ def test_bad_payloads_are_counted_against_their_stream_only(broker, source):
     peer.send("test/good/prediction", b"{}")  # output topics are not input
     events = take(source, 1)
     time.sleep(0.2)
-    events += source.get_many(100, timeout=0)
+    events += pairs(source.get_many(100, timeout=0))
     peer.close()
     assert [(s, e.values.tolist()) for s, e in events] == [("good", [1, 2, 3])]
     assert source.rejects.of("bad") == {"field_count": 1, "non_finite": 1, "not_numeric": 1,
                                         "bad_encoding": 1, "payload_too_large": 1}
     assert source.rejects.of("good") == {}
-    assert source.counters["bad_topic"] == 2
+    assert source.counters["bad_topic"] == 1  # "no id!"; other kinds are not subscribed to
+    assert source.counters["messages"] == 3
 
 
-def test_predictions_are_published_with_qos1(broker, source):
+def test_predictions_are_published_with_qos1(broker, source, kind):
     peer = Peer(broker, subscribe="test/+/prediction")
     assert source.publish("s9", b'{"i": 0}')
-    deadline = time.monotonic() + 5
-    while not peer.got and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_until(source, lambda: peer.got, 5)
     peer.close()
     assert peer.got == [("test/s9/prediction", b'{"i": 0}', 1)]
+    if kind == "bulk":
+        assert wait_until(source, lambda: not source.inflight, 5)  # the PUBACK came back
 
 
 def test_reconnects_and_resubscribes_after_broker_restart(broker, source):
     broker.stop()
-    deadline = time.monotonic() + 5
-    while source.connected.is_set() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not source.connected.is_set()
+    assert wait_until(source, lambda: not source.connected.is_set(), 5)
     broker.start()
-    assert source.connected.wait(10)
-    time.sleep(0.2)  # the subscription goes out right after the connection
+    assert wait_until(source, source.connected.is_set, 10)
     peer = Peer(broker)
     peer.send("test/s1/sample", b"1,2,3")
     events = take(source, 1)
@@ -144,8 +169,7 @@ def test_reconnects_and_resubscribes_after_broker_restart(broker, source):
 
 
 def test_sharding_filter_drops_foreign_streams(broker, kind):
-    src = MqttSource(broker.url + "/test", NAMES, accept=lambda s: s.startswith("mine"),
-                     client=kind).start()
+    src = open_source(broker.url + "/test", kind, accept=lambda s: s.startswith("mine")).start()
     peer = Peer(broker)
     peer.send("test/theirs/sample", b"1,2,3")
     peer.send("test/mine1/sample", b"4,5,6")
@@ -160,4 +184,4 @@ def test_unreachable_broker_is_a_port_error(kind):
     from firmware_bridge.broker import free_port
 
     with pytest.raises(PortError, match="not reachable"):
-        MqttSource(f"mqtt://127.0.0.1:{free_port()}", NAMES, client=kind).start(timeout=0.5)
+        open_source(f"mqtt://127.0.0.1:{free_port()}", kind).start(timeout=0.5)

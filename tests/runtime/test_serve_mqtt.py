@@ -54,6 +54,13 @@ class Sensors:
     def send(self, stream: str, payload: bytes, kind: str = "sample") -> None:
         self.client.publish(f"{self.prefix}/{stream}/{kind}", payload, qos=1).wait_for_publish(5)
 
+    def play(self, data: dict, ks: range) -> None:
+        """Samples ``ks`` of every stream of ``data``, interleaved; waits for their predictions."""
+        for k in ks:
+            for s, xs in data.items():
+                self.send(s, line(xs[k]))
+        self.wait_for({s: ks.stop for s in data})
+
     def wait_for(self, counts: dict[str, int], timeout: float = TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -121,6 +128,13 @@ def ys(records) -> np.ndarray:
     return np.array([r["y"] for r in sorted(records, key=lambda r: r["i"])])
 
 
+def assert_replayed(artifacts, got: dict, data: dict) -> None:
+    """Every stream answered once per sample, in order, exactly as its own replay."""
+    for s, xs in data.items():
+        assert sorted(r["i"] for r in got[s]) == list(range(len(xs)))
+        np.testing.assert_allclose(ys(got[s]), expected(artifacts, xs), atol=1e-6, rtol=0)
+
+
 @pytest.fixture
 def sensors(broker):
     s = Sensors(broker)
@@ -143,16 +157,11 @@ def test_interleaved_streams_restart_and_idle_return(tiny_artifacts, broker, sen
     assert "shutdown checkpoint written" in "".join(d.log)
     d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--stream-idle", "0.5")
     d.wait_log("4 stream state(s) restored")
-    for k in range(8, 12):
-        for s, xs in data.items():
-            sensors.send(s, line(xs[k]))
-    sensors.wait_for({s: 12 for s in data})
+    sensors.play(data, range(8, 12))
     assert d.stop() == 0
-    for s, xs in data.items():
-        recs = sensors.got[s]
-        assert sorted(r["i"] for r in recs) == list(range(12))
-        assert all(r["stream"] == s and "label" in r and "t" in r for r in recs)
-        np.testing.assert_allclose(ys(recs), expected(tiny_artifacts, xs), atol=1e-6, rtol=0)
+    for s in data:
+        assert all(r["stream"] == s and "label" in r and "t" in r for r in sensors.got[s])
+    assert_replayed(tiny_artifacts, sensors.got, data)
 
 
 def test_bad_payloads_are_isolated_and_counted_in_metrics(tiny_artifacts, broker, sensors,
@@ -187,7 +196,7 @@ def test_bad_payloads_are_isolated_and_counted_in_metrics(tiny_artifacts, broker
     np.testing.assert_allclose(ys(sensors.got["bad"]), expected(tiny_artifacts, good[:1]), atol=1e-6)
 
 
-@pytest.mark.parametrize("client", ["paho", "libmosquitto"])
+@pytest.mark.parametrize("client", ["bulk", "paho", "libmosquitto"])
 def test_broker_restart_reconnects_and_keeps_state(tiny_artifacts, broker, tmp_path, client):
     from firmware_bridge.mqtt_clients import libmosquitto
 
@@ -224,10 +233,7 @@ def test_two_sharded_daemons_split_streams_and_one_takes_over(tiny_artifacts, br
     state = tmp_path / "shared"
     a = Daemon(tiny_artifacts, broker, state, "--shard", "0/2")
     b = Daemon(tiny_artifacts, broker, state, "--shard", "1/2")
-    for k in range(6):
-        for s, xs in data.items():
-            sensors.send(s, line(xs[k]))
-    sensors.wait_for({s: 6 for s in data})
+    sensors.play(data, range(6))
     time.sleep(0.3)
     assert all(len(v) == 6 for v in sensors.got.values())  # exactly one daemon answered each
     assert b.stop() == 0
@@ -235,10 +241,67 @@ def test_two_sharded_daemons_split_streams_and_one_takes_over(tiny_artifacts, br
     assert a.stop() == 0
     a = Daemon(tiny_artifacts, broker, state, "--shard", "0,1/2")  # takes over shard 1
     a.wait_log("8 stream state(s) restored")
-    for k in range(6, 10):
-        for s, xs in data.items():
-            sensors.send(s, line(xs[k]))
-    sensors.wait_for({s: 10 for s in data})
+    sensors.play(data, range(6, 10))
     assert a.stop() == 0
-    for s, xs in data.items():
-        np.testing.assert_allclose(ys(sensors.got[s]), expected(tiny_artifacts, xs), atol=1e-6)
+    assert_replayed(tiny_artifacts, sensors.got, data)
+
+
+def test_a_running_daemon_takes_over_a_stopped_peers_shard_and_hands_it_back(
+        tiny_artifacts, broker, sensors, tmp_path):
+    data = samples(8, 12, seed=13)
+    assert {shard_of(s, 2) for s in data} == {0, 1}
+    state = tmp_path / "shared"
+    a = Daemon(tiny_artifacts, broker, state, "--shard", "0/2", "--lease", "3")
+    b = Daemon(tiny_artifacts, broker, state, "--shard", "1/2", "--lease", "3")
+    sensors.play(data, range(4))
+    assert b.stop() == 0  # final checkpoint, then its lease is released
+    n1 = sum(shard_of(s, 2) == 1 for s in data)
+    a.wait_log(f"took over shard 1/2: {n1} stream state(s) restored")
+    sensors.play(data, range(4, 8))  # a, still running, now answers every stream
+    assert all(len(v) == 8 for v in sensors.got.values())
+    b = Daemon(tiny_artifacts, broker, state, "--shard", "1/2", "--lease", "3")
+    b.wait_log("waiting for it to hand the shard back")
+    a.wait_log("shard 1/2 handed back")
+    b.wait_log(f"took over shard 1/2: {n1} stream state(s) restored")
+    sensors.play(data, range(8, 12))
+    time.sleep(0.3)
+    assert a.stop() == 0 and b.stop() == 0
+    assert {s: len(v) for s, v in sensors.got.items()} == {s: 12 for s in data}  # one answer each
+    assert_replayed(tiny_artifacts, sensors.got, data)
+    leases = [json.loads(p.read_text()) for p in (state / "leases").glob("*.lease")]
+    assert len(leases) == 2 and all(x["expires"] == 0 for x in leases)  # released on the way out
+    assert not list((state / "leases").glob("*.alive"))
+
+
+def test_home_assistant_discovery_config_is_retained_per_stream(tiny_artifacts, broker, sensors,
+                                                                tmp_path):
+    d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--ha-discovery", "homeassistant")
+    xs = samples(1, 2, seed=3)["s0"]
+    sensors.send("pump-1.a", line(xs[0]))
+    sensors.send("pump-1.a", line(xs[1]))  # announced once only
+    sensors.wait_for({"pump-1.a": 2})
+    assert d.stop() == 0
+    got, ready = [], threading.Event()  # subscribed after the fact: the retained copy
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    c.on_message = lambda cl, u, m: got.append((m.topic, m.retain, json.loads(m.payload)))
+    c.on_subscribe = lambda *a: ready.set()
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.subscribe("homeassistant/#", qos=1)
+    assert ready.wait(5)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    c.disconnect()
+    c.loop_stop()
+    eng = Engine.load(tiny_artifacts)
+    assert got == [("homeassistant/sensor/stepwise/t_pump-1_a/config", True, {
+        "name": "prediction", "unique_id": "stepwise_t_pump-1_a", "object_id": "stepwise_t_pump-1_a",
+        "state_topic": "t/pump-1.a/prediction", "value_template": "{{ value_json.label }}",
+        "json_attributes_topic": "t/pump-1.a/prediction",
+        "json_attributes_template":
+            "{{ {'y': value_json.y, 'step': value_json.step, 'seq': value_json.seq} | tojson }}",
+        "device": {"identifiers": ["stepwise_t_pump-1_a"], "name": "pump-1.a",
+                   "manufacturer": "stepwise", "model": f"step model {eng.model_sha256[:12]}"},
+        "icon": "mdi:chart-bell-curve-cumulative"})]
