@@ -20,6 +20,17 @@ def _bar(row: dict, bar_points: float) -> str:
     return f"{'pass' if b['pass'] else 'MISS'} ({b['gap_points']:+.1f} pt)"
 
 
+def _ours(row: dict) -> str:
+    """stepwise's held-out float32 figure, or why there is none."""
+    if "heldout" in row:
+        return pct(row["heldout"]["float32"]["accuracy"])
+    if "build" not in row:
+        return "not run"
+    if row["build"]["returncode"] != 0:
+        return f"build failed: {row['build'].get('last_line', '')[:120]}"
+    return "no figure (see errors)"
+
+
 def main_table(result: dict) -> list[str]:
     head = ("| data set | recordings (train + held out) | length | channels | classes | stepwise defaults | "
             "hand-tuned LSTM | int16x8 | int8 | bar: within 2 pt |")
@@ -27,8 +38,7 @@ def main_table(result: dict) -> list[str]:
     for r in result["rows"]:
         i = r["info"]
         length = str(i["length_min"]) if i["length_min"] == i["length_max"] else f"{i['length_min']}..{i['length_max']}"
-        ours = pct(r.get("heldout", {}).get("float32", {}).get("accuracy")) if "heldout" in r else \
-            f"build failed: {r['build'].get('last_line', '')[:100]}"
+        ours = _ours(r)
         lines.append(
             f"| {i['name']} | {i['train_recordings']} + {i['test_recordings']} | {length} | {i['channels']} | "
             f"{i['classes']} | {ours} | {pct(r.get('baseline', {}).get('accuracy'))} | {_variant(r, 'int16x8')} | "
@@ -50,7 +60,7 @@ def detail_table(result: dict) -> list[str]:
             tuned = f"{base['chosen_learning_rate']:g}, {chosen['best_epoch']}, {pct(chosen['val_accuracy'])}"
         else:
             tuned = "-"
-        secs = r["build"].get("seconds")
+        secs = r.get("build", {}).get("seconds")
         lines.append(f"| {i['name']} | {own} | {'-' if secs is None else f'{secs:.0f}'} | {tuned} | {i['split']} |")
     return lines
 
@@ -62,7 +72,11 @@ def markdown(result: dict) -> str:
              f"({m['subject']}); TensorFlow {m['tensorflow']}, Keras {m['keras']}.", "",
              "Held-out accuracy (%) at each recording's last step; int16x8/int8: the same for the "
              "quantized step models, with their verdict against the bars.", "",
-             *main_table(result), "", *detail_table(result), "", "Sources:", ""]
+             *main_table(result), "", *detail_table(result), ""]
+    errors = [f"- {r['info']['name']} {step}: {e}" for r in result["rows"] for step, e in r.get("errors", {}).items()]
+    if errors:
+        lines += ["Errors:", "", *errors, ""]
+    lines += ["Sources:", ""]
     lines += [f"- {r['info']['name']}: {r['info']['what']}; `{r['info']['source']}` "
               f"(sha256 {r['info']['wheel_sha256'][:16]}...)" for r in result["rows"]]
     return "\n".join(lines) + "\n"

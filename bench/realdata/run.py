@@ -1,7 +1,7 @@
 """``make realdata``: ``stepwise build`` defaults against a hand-tuned LSTM on real recordings.
 
     .venv/bin/python -m bench.realdata [--out build/realdata] [--only NAME ...] [--labels names|index]
-                                       [--reuse-builds] [--no-baseline]
+                                       [--reuse-builds] [--reuse-baselines] [--no-build] [--no-baseline]
 
 For each data set of ``bench.realdata.datasets``:
 
@@ -121,21 +121,43 @@ def baseline_figures(rec: ds.Recordings, p: Prepared) -> dict:
                       class_indexes(rec.labels_test, names), len(names))
 
 
-def run_one(key: str, out: Path, cache: Path, labels: str, reuse: bool, baseline: bool) -> dict:
+def run_one(key: str, out: Path, cache: Path, opts: argparse.Namespace, code: dict) -> dict:
+    """Prepare, build, verify on the held-out part, train the baseline: one table row.
+    A step that fails is recorded in the row (``errors``) and the others still run."""
     rec = ds.load(key, cache)
-    p = prepare(rec, out / key, labels)
-    row = {"info": p.info}
+    p = prepare(rec, out / key, opts.labels)
+    row = {"info": p.info, "errors": {}}
     artifacts = out / key / "artifacts"
-    row["build"] = run_build(p, artifacts, reuse)
-    if row["build"]["returncode"] == 0:
-        row["build_split"] = build_figures(artifacts)
-        log.info("%s: verifying the build on %d held-out recordings", p.name, len(rec.test))
-        row["heldout"] = heldout_figures(artifacts, p, out / key)
-    if baseline:
-        log.info("%s: training the hand-tuned LSTM", p.name)
-        row["baseline"] = baseline_figures(rec, p)
+    if opts.build:
+        row["build"] = run_build(p, artifacts, opts.reuse_builds)
+        if row["build"]["returncode"] == 0:
+            _step(row, "build_split", lambda: build_figures(artifacts))
+            log.info("%s: verifying the build on %d held-out recordings", p.name, len(rec.test))
+            _step(row, "heldout", lambda: heldout_figures(artifacts, p, out / key))
+    if opts.baseline:
+        _step(row, "baseline", lambda: cached_baseline(rec, p, out / key / "baseline.json", opts.reuse_baselines,
+                                                       code))
     row["bar"] = bar(row)
     return row
+
+
+def _step(row: dict, name: str, fn) -> None:
+    try:
+        row[name] = fn()
+    except Exception as e:  # noqa: BLE001 - a bench row records what failed and goes on
+        log.error("%s: %s failed: %s: %s", row["info"]["name"], name, type(e).__name__, e)
+        row["errors"][name] = f"{type(e).__name__}: {e}"
+
+
+def cached_baseline(rec: ds.Recordings, p: Prepared, path: Path, reuse: bool, code: dict) -> dict:
+    """The hand-tuned LSTM's figures; with ``reuse``, those of an earlier run (they do not
+    depend on stepwise's training code), which records the commit it was measured at."""
+    if reuse and path.exists():
+        return json.loads(path.read_text())
+    log.info("%s: training the hand-tuned LSTM", p.name)
+    found = baseline_figures(rec, p) | {"measured_at": code["commit"]}
+    path.write_text(json.dumps(found, indent=1) + "\n")
+    return found
 
 
 def bar(row: dict) -> dict:
@@ -156,18 +178,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", choices=("names", "index"), default="names",
                     help="CSV label column: text labels (default) or class indexes")
     ap.add_argument("--reuse-builds", action="store_true", help="keep a finished build in OUT/<name>/artifacts")
-    ap.add_argument("--no-baseline", action="store_true", help="skip the hand-tuned LSTM")
+    ap.add_argument("--reuse-baselines", action="store_true",
+                    help="keep the hand-tuned LSTM's figures of an earlier run (OUT/<name>/baseline.json)")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the hand-tuned LSTM")
+    ap.add_argument("--no-build", dest="build", action="store_false", help="skip stepwise (baselines only)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     logging.getLogger("bench.realdata.baseline").setLevel(logging.INFO)
     cache = args.cache or args.out / "wheels"
+    code = meta()  # before anything runs: the checkout may change while it does
     rows = []
     for key in ds.LOADERS:
         if args.only and key not in args.only:
             continue
-        rows.append(run_one(key, args.out, cache, args.labels, args.reuse_builds, not args.no_baseline))
-    result = {"meta": meta(), "bar_points": BAR_POINTS, "rows": rows}
+        rows.append(run_one(key, args.out, cache, args, code))
+    result = {"meta": code, "bar_points": BAR_POINTS, "rows": rows}
     text = report.markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "realdata.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
