@@ -165,10 +165,10 @@ class TextParser:
         """Tokens that are not all numbers: a header, or the reason they are rejected."""
         if all(t in self._index for t in tokens):
             if len(tokens) != self.features or len(set(tokens)) != len(tokens):
-                raise FrameError(
-                    "field_count",
-                    f"header names {len(set(tokens))} distinct features, expected {self.features}",
-                )
+                missing = [n for n in self.feature_names if n not in tokens]
+                twice = sorted({t for t in tokens if tokens.count(t) > 1})
+                raise FrameError("field_count", f"header lacks {', '.join(missing)}" if missing
+                                 else f"header names {', '.join(twice)} twice")
             self.order = tuple(self._index[t] for t in tokens)
             self._permutation = None if self.order == tuple(range(self.features)) else list(self.order)
             return Header(tuple(tokens))

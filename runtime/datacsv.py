@@ -151,17 +151,29 @@ def _names_and_rows(path: Path, text: str, delimiter: str, number, columns: Colu
 
 def _values(path: Path, rows: list, names: tuple[str, ...], cols: list[int], number, where: str) -> np.ndarray:
     """``[rows, len(cols)]`` float32 of those columns; a short row or a non-number names its line."""
-    values = np.empty((len(rows), len(cols)), np.float32)
-    for r, (line, row) in enumerate(rows):
+    for line, row in rows:
         if len(row) != len(names):
             raise DataError(f"{path}:{line}: {len(row)} fields, expected {len(names)} ({where})")
-        for k, c in enumerate(cols):
-            v = number(row[c])
-            if v is None:
-                raise DataError(f"{path}:{line}: non-numeric value {_shown(row[c])} in column {names[c]!r} "
+    values = np.empty((len(rows), len(cols)), np.float32)
+    for k, c in enumerate(cols):
+        column = [row[c] for _, row in rows]
+        try:  # numpy parses a column in one call; a value it refuses is found below, by line
+            values[:, k] = np.array(column if number("0,5") is None else [_point(v) for v in column], np.float64)
+            continue
+        except ValueError:
+            pass
+        for r, v in enumerate(column):
+            x = number(v)
+            if x is None:
+                raise DataError(f"{path}:{rows[r][0]}: non-numeric value {_shown(v)} in column {names[c]!r} "
                                 f"(features must be numbers; choose the columns with [data] features)")
-            values[r, k] = v
+            values[r, k] = x
     return values
+
+
+def _point(v: str) -> str:
+    """A decimal comma as a point (``"0,5"`` -> ``"0.5"``), as ``_number_reader`` reads it."""
+    return v.replace(",", ".", 1) if "," in v and "." not in v else v
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -200,8 +212,8 @@ def _count_outside_quotes(line: str, ch: str) -> int:
 def _number_reader(delimiter: str):
     def number(s: str) -> float | None:
         s = s.strip()
-        if delimiter != "," and "," in s and "." not in s:
-            s = s.replace(",", ".", 1)
+        if delimiter != ",":
+            s = _point(s)
         try:
             return float(s)
         except ValueError:
@@ -214,7 +226,7 @@ def _rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
     rows = []
     try:
         for row in reader:
-            if row and any(c.strip() for c in row):
+            if row and (len(row) > 1 or row[0].strip()) and "".join(row).strip():
                 rows.append((reader.line_num, row))
     except csv.Error as e:
         line = reader.line_num

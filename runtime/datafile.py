@@ -124,7 +124,8 @@ def _label_codes(path: Path, labels: list[str], lines: list[int],
                  column: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
     """Per row: the class index (integer labels), or the index of the name among the
     sorted names (text labels); a mix, an empty label or a huge index is refused."""
-    ints = [_as_index(s) for s in labels]
+    index_of = {s: _as_index(s) for s in set(labels)}  # a log has few distinct labels
+    ints = [index_of[s] for s in labels]
     numeric = [v is not None for v in ints]
     if all(numeric):
         codes = np.array(ints, np.int64)

@@ -50,11 +50,12 @@ def test_header_sets_column_order_until_the_next_header(parser):
     assert values_of(parser.parse_line(b"2 1 3")) == [1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize("line", [b"ax,ay", b"ax,ay,az,ax", b"ax,ax,ay"])
-def test_header_must_name_every_feature_once(parser, line):
+@pytest.mark.parametrize("line, detail", [(b"ax,ay", "header lacks az"), (b"ax,ay,az,ax", "header names ax twice"),
+                                          (b"ax,ax,ay", "header lacks az")])
+def test_header_must_name_every_feature_once(parser, line, detail):
     with pytest.raises(FrameError) as e:
         parser.parse_line(line)
-    assert e.value.reason == "field_count"
+    assert e.value.reason == "field_count" and e.value.detail == detail
     assert parser.order == (0, 1, 2)
 
 

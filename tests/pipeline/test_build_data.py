@@ -109,3 +109,19 @@ def test_semicolon_bom_quoted_file_with_other_column_names_builds(tmp_path, conf
     c = load_contract(tmp_path / "out")
     assert c.input.feature_names == ("AY", "AX")  # the file's spelling, no BOM, the order asked for
     assert c.output.labels == ("0", "1") and c.window.length == 8 and c.window.stride is None
+
+
+def test_serve_prints_the_class_names(windowed):
+    from tests.runtime.test_serve import Port, Serve
+
+    tmp, res = windowed
+    assert res.returncode == 0, res.stderr[-3000:]
+    port = Port(tmp / "ttyDEVICE")
+    d = Serve(tmp / "out", port.path, tmp / "state")
+    port.send(b"\nay,ax\n" + b"".join(f"0.1,{np.sin(t * 1.3) * 2:.4f}\n".encode() for t in range(30)))
+    d.wait_records(30)
+    assert d.stop() == 0
+    labels = [r["label"] for r in d.records]
+    assert set(labels) <= {"idle", "shake"}
+    output = load_contract(tmp / "out").output
+    assert labels == [output.label_of(np.array(r["y"])) for r in d.records]

@@ -287,3 +287,13 @@ def test_dev_zero_as_data_is_refused_without_reading_it(tmp_path):
     assert res.exit_code == DataError.exit_code
     assert f"Error: {link} is not a regular file (a device, FIFO or socket): give a .csv or .npz file" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_recordings_of_different_lengths_from_npz_lengths_cut_into_windows(tmp_path):
+    X = np.zeros((3, 5, 1), np.float32)
+    X[:, :, 0] = np.arange(5) + 10 * np.arange(3)[:, None]
+    p = tmp_path / "rec.npz"
+    np.savez(p, X=X, y=np.array(["b", "a", "b"]), lengths=np.array([5, 2, 3]))
+    seqs = load_training_data(str(p), DataConfig(window=2, stride=2, min_sequences=1))
+    assert [x[:, 0].tolist() for x in seqs.X] == [[0, 1], [2, 3], [10, 11], [20, 21]]
+    assert seqs.class_names == ("a", "b") and seqs.y.tolist() == [1, 1, 0, 1]
