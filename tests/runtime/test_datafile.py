@@ -268,3 +268,20 @@ def test_npz_that_inflates_past_the_cap_is_refused_before_it_is_read(tmp_path, m
         read_sequences(p)
     assert str(e.value) == f"{p}: its arrays take {512 * 1024 * 4 + 128} bytes uncompressed, more than the " \
                            f"{1 << 20} allowed"
+
+
+def test_a_class_name_with_a_control_character_is_refused(tmp_path):
+    p = _csv(tmp_path, 'ax,label\n1,walk\n2,"fast\nrun"\n')
+    with pytest.raises(DataError) as e:
+        read_sequences(p)
+    assert str(e.value) == f"{p}:4: label 'fast\\nrun' in column 'label' holds a control character; class names " \
+                           "are one printable line"
+
+
+def test_without_labels_a_label_column_is_left_unread(tmp_path):
+    p = _csv(tmp_path, "ax,label\n1,walk\n2,\n3,7\n")  # unreadable as labels, fine for streaming
+    s = read_sequences(p, labels=False)
+    assert s.y is None and s.feature_names == ("ax",) and _rows(s) == [[[1], [2], [3]]]
+    n = tmp_path / "o.npz"
+    np.savez(n, X=np.zeros((1, 2, 1)), y=np.array([1e9]))
+    assert read_sequences(n, labels=False).y is None
