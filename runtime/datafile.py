@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -213,7 +214,8 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
         raise
     except ValueError as e:  # object arrays need pickle: refused; or a malformed array header
         raise DataError(f"{path}: cannot read without pickle ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, AttributeError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, AttributeError, NotImplementedError,
+            RuntimeError, struct.error) as e:  # what a damaged archive raises (found by fuzzing)
         raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}); "
                         f"write it again with numpy.savez") from None
 
