@@ -334,7 +334,7 @@ class SimulateOptions:
 def run_simulation(opts: SimulateOptions, announce: Callable[[str], None] = log.info) -> SimulatorReport:
     """Stream ``opts.input_path`` to the port until done or ``KeyboardInterrupt``; the
     port is closed either way. ``announce`` gets the one-line messages for the user."""
-    sequences = read_sequences(opts.input_path)
+    sequences = read_sequences(opts.input_path, labels=False)
     port = PtyPort(opts.pty_link) if opts.pty_link else UrlPort(opts.url, opts.baud)
     if opts.pty_link:
         announce(f"simulated device on {port.device}, symlink {opts.pty_link}: waiting for a reader")

@@ -95,8 +95,9 @@ def load_training_data(path: str | None, cfg: DataConfig) -> Sequences:
     elif len(seqs) < cfg.min_sequences:
         if len(seqs) == 1 and seqs.source.lower().endswith(".csv"):
             raise DataError(f"{seqs.source}: one continuous log of {len(seqs.X[0])} samples (no "
-                            f"{cfg.sequence_column!r} column): set [data] window = N (and stride) to cut it "
-                            f"into training windows of N samples, or add a {cfg.sequence_column!r} column")
+                            f"{cfg.sequence_column!r} column, or one value in it): set [data] window = N (and "
+                            f"stride) to cut it into training windows of N samples, or add a "
+                            f"{cfg.sequence_column!r} column")
         raise DataError(f"{seqs.source}: {len(seqs)} sequences is too few to train and verify (need at least "
                         f"{cfg.min_sequences}); cut longer recordings into windows with [data] window = N")
     return used_classes(seqs)

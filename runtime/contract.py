@@ -15,8 +15,8 @@ Layout (``schema_version`` 1)::
       "states": [{"name": "lstm_h", "input": "lstm_h", "output": "lstm_h_out",
                   "shape": [32], "dtype": "float32", "layer": "lstm", "kind": "h"}, ...],
       "outputs": [{"name": "y", "kind": "sigmoid", "units": 1, "labels": ["0", "1"]}],
-      "window": {"length": 7, "reset": "sliding:7", "mode": "stream", "warmup": 0,
-                 "stride": null},
+      "window": {"length": 7, "reset": "sliding:7", "mode": "stream", "warmup": 0},
+                 (and "stride": S when the training windows were cut every S samples)
       "variants": {"float32": {"file": "step_float32.tflite", "sha256": "...", "bytes": 1234,
                                "quantization": {...}, "tensors": {"x": {...}, ...},
                                "verification": {...}, "passed": true}, ...},
@@ -208,7 +208,10 @@ class ModelContract:
 
     # -- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        d = _plain(dataclasses.asdict(self))
+        if d["window"]["stride"] is None:  # not cut from longer recordings: as before windowing existed
+            del d["window"]["stride"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"

@@ -155,20 +155,26 @@ def _values(path: Path, rows: list, names: tuple[str, ...], cols: list[int], num
         if len(row) != len(names):
             raise DataError(f"{path}:{line}: {len(row)} fields, expected {len(names)} ({where})")
     values = np.empty((len(rows), len(cols)), np.float32)
-    for k, c in enumerate(cols):
-        column = [row[c] for _, row in rows]
-        try:  # numpy parses a column in one call; a value it refuses is found below, by line
-            values[:, k] = np.array(column if number("0,5") is None else [_point(v) for v in column], np.float64)
-            continue
-        except ValueError:
-            pass
-        for r, v in enumerate(column):
-            x = number(v)
-            if x is None:
-                raise DataError(f"{path}:{rows[r][0]}: non-numeric value {_shown(v)} in column {names[c]!r} "
-                                f"(features must be numbers; choose the columns with [data] features)")
-            values[r, k] = x
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused by _check_finite
+        for k, c in enumerate(cols):
+            _column(path, rows, names, c, number, values[:, k])
     return values
+
+
+def _column(path: Path, rows: list, names: tuple[str, ...], c: int, number, out: np.ndarray) -> None:
+    """Column ``c`` of every row into ``out`` ``[rows]``."""
+    column = [row[c] for _, row in rows]
+    try:  # numpy parses a column in one call; a value it refuses is found below, by line
+        out[:] = np.array(column if number("0,5") is None else [_point(v) for v in column], np.float64)
+        return
+    except ValueError:
+        pass
+    for r, v in enumerate(column):
+        x = number(v)
+        if x is None:
+            raise DataError(f"{path}:{rows[r][0]}: non-numeric value {_shown(v)} in column {names[c]!r} "
+                            f"(features must be numbers; choose the columns with [data] features)")
+        out[r] = x
 
 
 def _point(v: str) -> str:
@@ -240,7 +246,10 @@ def _rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
 def _header(path: Path, line: int, row: list[str]) -> tuple[str, ...]:
     names = tuple(c.strip() or f"column{i + 1}" for i, c in enumerate(row))
     seen: dict[str, str] = {}
-    for n in names:
+    for i, n in enumerate(names):
+        if not n.isprintable():
+            raise DataError(f"{path}:{line}: the name of column {i + 1}, {n!r}, holds a control character; "
+                            f"a column name is one printable line")
         if n.casefold() in seen:
             raise DataError(f"{path}:{line}: columns {seen[n.casefold()]!r} and {n!r} have the same name "
                             f"(names are case-insensitive); rename one")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -78,9 +79,12 @@ class Sequences:
                 yield s, row
 
 
-def read_sequences(path, *, require_labels: bool = False, columns: Columns | None = None) -> Sequences:
+def read_sequences(path, *, require_labels: bool = False, columns: Columns | None = None,
+                   labels: bool = True) -> Sequences:
     """The sequences of a ``.npz`` or ``.csv`` file; ``columns`` says which are the
-    features (by name, case-insensitive) and the label and sequence columns."""
+    features (by name, case-insensitive) and the label and sequence columns. Without
+    ``labels`` the labels are left unread (``y`` None): a file streamed through a model
+    needs none, so a label it cannot read does not stop it."""
     path = Path(path)
     columns = columns or Columns()
     suffix = path.suffix.lower()
@@ -89,7 +93,7 @@ def read_sequences(path, *, require_labels: bool = False, columns: Columns | Non
             raise DataError(f"data file {path} does not exist")
         raise DataError(f"{path}: unsupported data file type {suffix!r} (use .npz or .csv)")
     if suffix == ".npz":
-        seqs = _read_npz(path, columns)
+        seqs = _read_npz(path, columns, labels)
         if require_labels and seqs.y is None:
             raise DataError(f"{path}: no labels (an .npz needs 'y', class indexes or names)")
         return seqs
@@ -97,7 +101,7 @@ def read_sequences(path, *, require_labels: bool = False, columns: Columns | Non
     if require_labels and table.labels is None:
         raise DataError(f"{path}: no label column {columns.label!r} ({found(table.names)}); "
                         f"name it with [data] label_column")
-    return _from_table(path, table)
+    return _from_table(path, table if labels else replace(table, labels=None))
 
 
 # -- .csv ----------------------------------------------------------------------------------
@@ -145,6 +149,11 @@ def _label_codes(path: Path, labels: list[str], lines: list[int],
     names = tuple(sorted(set(labels)))
     if len(names) > MAX_CLASSES:
         raise DataError(f"{path}: column {column!r} holds {len(names)} class names, more than {MAX_CLASSES}")
+    bad = next((n for n in names if not n.isprintable()), None)
+    if bad is not None:
+        r = labels.index(bad)
+        raise DataError(f"{path}:{lines[r]}: label {bad!r} in column {column!r} holds a control character; "
+                        f"class names are one printable line")
     index = {n: i for i, n in enumerate(names)}
     return np.array([index[s] for s in labels], np.int64), names
 
@@ -165,7 +174,7 @@ def _as_index(s: str) -> int | None:
 
 
 # -- .npz ----------------------------------------------------------------------------------
-def _read_npz(path: Path, columns: Columns) -> Sequences:
+def _read_npz(path: Path, columns: Columns, labels: bool = True) -> Sequences:
     arrays = _npz_arrays(path)
     if "X" not in arrays:
         raise DataError(f"{path}: missing key 'X' (found: {', '.join(sorted(arrays)) or 'none'})")
@@ -187,7 +196,7 @@ def _read_npz(path: Path, columns: Columns) -> Sequences:
     for i, x in enumerate(seqs):
         _check_finite(x, path, i)
     y, class_names = None, None
-    if "y" in arrays:
+    if "y" in arrays and labels:
         y, class_names = _npz_labels(path, arrays["y"], m, arrays.get("class_names"))
     return Sequences(X=seqs, y=y, feature_names=names, source=str(path), class_names=class_names)
 
@@ -205,7 +214,8 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
         raise
     except ValueError as e:  # object arrays need pickle: refused; or a malformed array header
         raise DataError(f"{path}: cannot read without pickle ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, AttributeError) as e:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, AttributeError, NotImplementedError,
+            RuntimeError, struct.error) as e:  # what a damaged archive raises (found by fuzzing)
         raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e}); "
                         f"write it again with numpy.savez") from None
 
@@ -254,13 +264,17 @@ def _npz_labels(path: Path, y: np.ndarray, m: int,
         names = tuple(sorted(set(text)))
         if len(names) > MAX_CLASSES:
             raise DataError(f"{path}: y holds {len(names)} class names, more than {MAX_CLASSES}")
+        if not all(n.strip() and n.isprintable() for n in names):
+            bad = next(n for n in names if not (n.strip() and n.isprintable()))
+            raise DataError(f"{path}: class name {bad!r} in y is empty or holds a control character")
         index = {n: i for i, n in enumerate(names)}
         return np.array([index[v] for v in text], np.int64), names
     y = _check_labels(y, m, path)
     if class_names is None:
         return y, None
     names = tuple(str(n) for n in class_names.reshape(-1))
-    if len(names) <= int(y.max()) or len(set(names)) != len(names) or not all(n.strip() for n in names):
+    if len(names) <= int(y.max()) or len(set(names)) != len(names) \
+            or not all(n.strip() and n.isprintable() for n in names):
         raise DataError(f"{path}: class_names must be {int(y.max()) + 1} or more distinct names "
                         f"(one per class index in y), got {len(names)}")
     return y, names

@@ -87,7 +87,7 @@ def read_for_model(path, contract) -> Sequences:
     """``path`` read with the model's features as its columns (by name, in the
     manifest's order), or in file order where the model's features are unnamed."""
     want = tuple(contract.input.feature_names)
-    return read_sequences(path, columns=Columns(features=() if _unnamed(want) else want))
+    return read_sequences(path, columns=Columns(features=() if _unnamed(want) else want), labels=False)
 
 
 def iter_replay(engine, data: Sequences | np.ndarray | Sequence[np.ndarray],

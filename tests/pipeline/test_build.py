@@ -24,8 +24,7 @@ def test_manifest_describes_the_model_completely(tiny_artifacts):
         ("lstm_0_h", "lstm_0_h", "lstm_0_h_out", [8], "h"), ("lstm_0_c", "lstm_0_c", "lstm_0_c_out", [8], "c"),
         ("lstm_1_h", "lstm_1_h", "lstm_1_h_out", [4], "h"), ("lstm_1_c", "lstm_1_c", "lstm_1_c_out", [4], "c")]
     assert m["outputs"] == [{"name": "y", "kind": "sigmoid", "units": 1, "labels": ["0", "1"]}]
-    assert m["window"] == {"length": 7, "reset": "sliding:7", "mode": "stream", "warmup": 0,
-                           "stride": None}  # not cut into windows
+    assert m["window"] == {"length": 7, "reset": "sliding:7", "mode": "stream", "warmup": 0}
     assert set(m["variants"]) == {"float32", "int16x8", "int8"}
     assert m["variants"][m["default_variant"]]["passed"]
     names = {"x", "y"} | {s["input"] for s in m["states"]} | {s["output"] for s in m["states"]}

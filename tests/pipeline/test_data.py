@@ -174,8 +174,9 @@ def test_a_continuous_log_without_window_tells_to_set_it(tmp_path):
     p = _log(tmp_path, [0, 1] * 40)
     with pytest.raises(DataError) as e:
         load_training_data(str(p), DataConfig())
-    assert str(e.value) == (f"{p}: one continuous log of 80 samples (no 'sequence' column): set [data] window = N "
-                            "(and stride) to cut it into training windows of N samples, or add a 'sequence' column")
+    assert str(e.value) == (f"{p}: one continuous log of 80 samples (no 'sequence' column, or one value in it): set "
+                            "[data] window = N (and stride) to cut it into training windows of N samples, or add a "
+                            "'sequence' column")
     with pytest.raises(DataError) as e:
         load_training_data(str(p), DataConfig(window=40))
     assert str(e.value) == (f"{p}: [data] window = 40 and stride = 40 cut it into 2 windows, too few to train and "
@@ -251,9 +252,9 @@ def test_build_flags_reach_the_data_config(tmp_path, monkeypatch):
 
 CLI_BAD = {
     "log_without_window": ("log.csv", "timestamp,ax,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(50)),
-                           [], "log.csv: one continuous log of 50 samples (no 'sequence' column): set [data] "
-                               "window = N (and stride) to cut it into training windows of N samples, or add a "
-                               "'sequence' column"),
+                           [], "log.csv: one continuous log of 50 samples (no 'sequence' column, or one value in "
+                               "it): set [data] window = N (and stride) to cut it into training windows of N "
+                               "samples, or add a 'sequence' column"),
     "field_too_long": ("d.csv", "ax,label\n" + "1" * 140_000 + ",0\n", [],
                        "d.csv:2: a field is longer than 131072 characters (each field must be one value)"),
     "missing_feature": ("d.csv", "ax,ay,label\n1,2,0\n", ["--features", "ax,az"],

@@ -90,6 +90,10 @@ MUTATIONS = {
     "default variant unknown": (setter("default_variant", "fp64"),
                                 "manifest field default_variant: 'fp64' is not one of the variants"),
     "window length": (setter("window.length", 0), "manifest field window.length: must be 1..2147483648, got 0"),
+    "window stride": (setter("window.stride", 0), "manifest field window.stride: must be 1..2147483648, got 0"),
+    "window stride text": (setter("window.stride", "5"), "manifest field window.stride: must be an integer, got '5'"),
+    "class labels": (setter("outputs[0].labels", ["idle"]), "manifest field outputs[0].labels: must have 2 entries "
+                                                            "for 1 sigmoid unit(s), got 1"),
     "missing input": (lambda d: d.pop("input"), "manifest field input: is missing"),
     "schema version": (setter("schema_version", 2), "manifest schema_version 2 is not supported"),
 }
@@ -201,3 +205,13 @@ def test_fuzz_manifest_loader_raises_only_contract_errors(tiny_artifacts, data):
         return
     contract.input.normalisation()  # what passes is usable
     assert contract.output.kind in ("sigmoid", "softmax", "linear")
+
+
+def test_window_stride_and_class_names_round_trip(folder):
+    edit(folder, setter("window.stride", 5))
+    edit(folder, setter("outputs[0].labels", ["idle", "shake"]))
+    c = load_contract(folder)
+    assert c.window.stride == 5 and c.output.labels == ("idle", "shake")
+    assert json.loads(c.to_json())["window"]["stride"] == 5
+    edit(folder, lambda d: d["window"].pop("stride"))
+    assert "stride" not in json.loads(load_contract(folder).to_json())["window"]  # absent stays absent

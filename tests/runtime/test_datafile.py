@@ -206,6 +206,9 @@ BAD = {
     "duplicate_columns": (lambda t: _csv(t, "ax,AX\n1,2\n"),
                           "d.csv:1: columns 'ax' and 'AX' have the same name (names are case-insensitive); "
                           "rename one"),
+    "control_character_name": (lambda t: _csv(t, '"a\nx",ay\n1,2\n'),
+                               "d.csv:2: the name of column 1, 'a\\nx', holds a control character; a column "
+                               "name is one printable line"),
     "not_utf8": (lambda t: _csv(t, b"ax,ay\n1,\xff\n"),
                  "d.csv: not UTF-8 text (byte 8); save the file as UTF-8 CSV"),
     "only_time_columns": (lambda t: _csv(t, "time,ms\n1,2\n2,3\n"),
@@ -268,3 +271,56 @@ def test_npz_that_inflates_past_the_cap_is_refused_before_it_is_read(tmp_path, m
         read_sequences(p)
     assert str(e.value) == f"{p}: its arrays take {512 * 1024 * 4 + 128} bytes uncompressed, more than the " \
                            f"{1 << 20} allowed"
+
+
+def test_a_class_name_with_a_control_character_is_refused(tmp_path):
+    p = _csv(tmp_path, 'ax,label\n1,walk\n2,"fast\nrun"\n')
+    with pytest.raises(DataError) as e:
+        read_sequences(p)
+    assert str(e.value) == f"{p}:4: label 'fast\\nrun' in column 'label' holds a control character; class names " \
+                           "are one printable line"
+
+
+def test_without_labels_a_label_column_is_left_unread(tmp_path):
+    p = _csv(tmp_path, "ax,label\n1,walk\n2,\n3,7\n")  # unreadable as labels, fine for streaming
+    s = read_sequences(p, labels=False)
+    assert s.y is None and s.feature_names == ("ax",) and _rows(s) == [[[1], [2], [3]]]
+    n = tmp_path / "o.npz"
+    np.savez(n, X=np.zeros((1, 2, 1)), y=np.array([1e9]))
+    assert read_sequences(n, labels=False).y is None
+
+
+# -- fuzz: any bytes as a data file end in Sequences or a DataError, nothing else ------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_CSV_PIECES = st.sampled_from(["ax", "AY", "label", "sequence", "time", ",", ";", "\t", "\n", "\r\n", '"', "1",
+                               "-2.5", "0,5", "nan", "inf", "1e39", "walk", " ", "\ufeff", "", "\x00", "é"])
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.lists(_CSV_PIECES, max_size=60).map("".join).map(str.encode), st.binary(max_size=300)))
+def test_fuzz_any_csv_bytes_read_or_refused_in_one_line(tmp_path, data):
+    p = tmp_path / "f.csv"
+    p.write_bytes(data)
+    for labels in (True, False):
+        try:
+            s = read_sequences(p, labels=labels, columns=Columns())
+        except DataError as e:
+            assert "\n" not in str(e) and "\r" not in str(e)
+        else:
+            assert all(x.dtype == np.float32 and x.shape[1] == s.features and np.isfinite(x).all() for x in s.X)
+            assert all(n.isprintable() and n.strip() == n and n for n in s.feature_names)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 1000), st.binary(min_size=1, max_size=8))
+def test_fuzz_damaged_npz_is_refused_in_one_line(tmp_path, cut, junk):
+    p = tmp_path / "f.npz"
+    np.savez(p, X=np.ones((3, 4, 2), np.float32), y=np.array([0, 1, 0]), lengths=np.array([4, 2, 3]))
+    raw = p.read_bytes()
+    p.write_bytes(raw[:cut] + junk + raw[cut + len(junk):])
+    try:
+        read_sequences(p, require_labels=True)
+    except DataError as e:
+        assert "\n" not in str(e) and "\r" not in str(e)
