@@ -1,5 +1,4 @@
-"""``stepwise convert`` of a model trained elsewhere (an LSTM stack, a GRU stack with
-LayerNormalization), with and without fine-tuning: the float32 variant is the user's
+"""``stepwise convert`` of a model trained elsewhere (an LSTM stack, a GRU), with and without fine-tuning: the float32 variant is the user's
 file at every step, the copy is kept only when it misses
 fewer bars on validation, ``--no-finetune`` turns it off, and architectures the simulated
 graph does not cover are left as they were."""
@@ -39,9 +38,7 @@ def user_model(tmp_path_factory):
     model.fit(sp.X_train, sp.y_train.astype(np.float32), epochs=3, verbose=0)
     d = tmp_path_factory.mktemp("user")
     model.save(d / "user.keras")
-    gru = keras.Sequential([keras.Input((7, 3)), keras.layers.GRU(6, return_sequences=True),
-                            keras.layers.LayerNormalization(), keras.layers.GRU(4),
-                            keras.layers.Dense(1, activation="sigmoid")])
+    gru = keras.Sequential([keras.Input((7, 3)), keras.layers.GRU(6), keras.layers.Dense(1, activation="sigmoid")])
     gru.compile("adam", "binary_crossentropy")
     gru.fit(sp.X_train, sp.y_train.astype(np.float32), epochs=3, verbose=0)
     gru.save(d / "user_gru.keras")
