@@ -84,3 +84,59 @@ def _summarise(acc: dict[str, np.ndarray], meta: dict[str, tuple], top: int) -> 
     for r in rows:
         layers.setdefault(r["layer"], r)
     return {"tensors": rows[:top], "layers": list(layers.values())}
+
+
+def one_at_a_time(model, calibration, streams: np.ndarray, bits: int = 8, top: int = 8) -> dict | None:
+    """How much of the simulated variant's output error each layer and each tensor causes:
+    the step graph (``pipeline.quantsim.StepSim``; ``bits`` 8 for int8, 16 for int16x8)
+    runs ``streams [k, S, F]`` from zero states with no reset (``stream_windows``: the
+    steps just after a reset and the states a long stream drifts into) with everything
+    rounded, then with one layer, then one tensor (or kernel, ``0.W``) kept in float while
+    the rest is rounded. Per item: the RMS and p99 |dy| against float with it kept, and
+    ``removed``: the share of the all-rounded RMS error that goes away (1: it causes all
+    of it; about 0: it does not matter; negative: its rounding happened to cancel other
+    errors). Ranges: the ones the converter calibrates on ``calibration``
+    (``pipeline.qat.calibrator``). None for a model the simulation does not cover."""
+    import tensorflow as tf
+
+    from pipeline.qat import calibrator, unroll
+    from pipeline.quantsim import StepSim, layer_of
+
+    if not StepSim.supports(model):
+        return None
+    sim = StepSim(model, bits)
+    ranges = calibrator(sim)(calibration)
+    points = list(dict.fromkeys(sim.points))
+    data = tf.constant(np.asarray(streams, np.float32))
+
+    @tf.function(jit_compile=True)
+    def run(masks):
+        return unroll(sim, data, ranges, keep=masks)[0]
+
+    def outputs(kept: set[str]) -> np.ndarray:
+        return run({p: tf.constant(float(p in kept)) for p in points}).numpy().astype(np.float64)
+
+    ref = outputs(set(points))  # every rounding undone: the float step graph
+
+    def error(kept: set[str]) -> dict[str, float]:
+        d = np.abs(outputs(kept) - ref)
+        return {"rms": float(np.sqrt(np.mean(d * d))), "p99": float(np.percentile(d, 99))}
+
+    base = error(set())
+
+    def rows(groups: dict[str, set[str]]) -> list[dict]:
+        out = [{"name": name, **(e := error(kept)), "removed": 1.0 - e["rms"] / max(base["rms"], 1e-12)}
+               for name, kept in groups.items()]
+        return sorted(out, key=lambda r: -r["removed"])
+
+    layers = list(dict.fromkeys(layer_of(p) for p in points))
+    return {"bits": bits, "steps": int(data.shape[0] * data.shape[1]), "all_rounded": base,
+            "layers": rows({la: {p for p in points if layer_of(p) == la} for la in layers}),
+            "tensors": rows({p: {p} for p in points})[:top]}
+
+
+def stream_windows(X: np.ndarray, lanes: int, steps: int, seed: int = 0) -> np.ndarray:
+    """``[lanes, steps, F]``: windows of ``X [m, T, F]`` back to back, no resets."""
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(X), size=(lanes, steps // X.shape[1] + 1))
+    return X[pick].reshape(lanes, -1, X.shape[2])[:, :steps]

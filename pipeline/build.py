@@ -141,7 +141,7 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     failed_float = results["float32"]["failed"]
     if failed_float:
         raise VerificationError("float32 step model failed parity (a stepwise bug): " + "; ".join(failed_float))
-    _attribute(step, sp, stage, contract, results)
+    _attribute(step, sp, stage, contract, results, (model, tuned[0], cfg))
     variants = {v: replace(spec, verification=results[v], passed=results[v]["status"] == "pass")
                 for v, spec in contract.variants.items()}
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
@@ -159,19 +159,35 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     return contract, results
 
 
-def _attribute(step: StepModel, sp: Split, stage: Path, contract: C.ModelContract, results: dict) -> None:
+def _attribute(step: StepModel, sp: Split, stage: Path, contract: C.ModelContract, results: dict,
+               sources: tuple) -> None:
     """Each quantized variant's error per tensor and layer (``pipeline.attribution``) on up
-    to 64 test windows, into its verification figures and the report."""
-    from pipeline.attribution import attribute
+    to 64 test windows, into its verification figures and the report; for a variant that
+    missed, also each layer and tensor kept in float one at a time in the simulation, on
+    the model it was quantized from (``sources``: the model, the fine-tuned copy or None,
+    the configuration)."""
+    from pipeline.attribution import attribute, one_at_a_time, stream_windows
     from pipeline.report import append_attribution
 
     float_blob = (stage / contract.variants["float32"].file).read_bytes()
     names = [(s.input, s.output, s.shape) for s in step.states]
+    model, copy, cfg = sources
     for v, spec in contract.variants.items():
         if v != "float32":
             results[v]["attribution"] = attribute(float_blob, (stage / spec.file).read_bytes(), names,
                                                   sp.X_test[:64])
+            if results[v]["status"] != "pass":
+                q = spec.quantization
+                kept = (q.get("finetune") or {}).get("kept") and copy is not None
+                factor = q.get("recipe", {}).get("settings", {}).get("stream_factor", 1)
+                qc = replace(cfg.quantize, calibration_stream_steps=cfg.quantize.calibration_stream_steps * factor)
+                results[v]["attribution"]["one_at_a_time"] = one_at_a_time(
+                    copy if kept else model, conv.calibration_set(sp.X_train, qc),
+                    stream_windows(sp.X_test, 8, ONE_AT_A_TIME_STEPS), 16 if v == "int16x8" else 8)
     append_attribution(stage / "report", {v: f["attribution"] for v, f in results.items() if "attribution" in f})
+
+
+ONE_AT_A_TIME_STEPS = 1000  # per lane (8 lanes) of the one-at-a-time attribution's no-reset streams
 
 
 def _micro_check(contract: C.ModelContract, stage: Path, sp: Split, cfg: VerifyConfig) -> dict[str, dict]:

@@ -77,20 +77,37 @@ def _dense(x: Tensor, w: np.ndarray, b: np.ndarray | None = None) -> Tensor:
     return y if b is None else tf.nn.bias_add(y, _const(b))
 
 
+def _split_dense(x: Tensor, w: np.ndarray, b: np.ndarray | None = None) -> Tensor:
+    """``x @ w + b`` as two FULLY_CONNECTED ops: ``w``'s int8 per-channel grid values
+    ``hi`` (``round(w / s) * s``, ``s`` = the column's max |w| / 127: exactly what the
+    converter's int8 kernel holds) plus the rest ``w - hi`` (below s / 2, on a grid 254
+    times finer). Identical in float; quantized, the kernel holds about 15 bits."""
+    w = np.asarray(w, np.float64)
+    s = np.maximum(np.abs(w).max(axis=0, keepdims=True) / 127.0, 1e-30)
+    hi = np.round(w / s) * s
+    return _dense(x, hi, b) + _dense(x, w - hi)
+
+
+def denser(layout: str) -> Callable:
+    """The FULLY_CONNECTED builder of ``layout``: ``_dense``, or ``_split_dense`` for a
+    layout ending in ``+split`` (the ``split_weights`` recipe)."""
+    return _split_dense if layout.endswith("+split") else _dense
+
+
 def _gate_inputs(x, h, W, U, b, gates: int, layout: str) -> list[Tensor]:
     """Pre-activations of ``gates`` gates: ``x @ W_k + h @ U_k + b_k`` for each k.
 
     ``per_gate`` builds separate FULLY_CONNECTED ops per gate, so each gate's
     pre-activation has its own quantization range; ``fused`` uses one matmul and SPLIT.
     """
-    u = U.shape[0]
-    if layout == "fused":
-        z = _dense(x, W) + _dense(h, U, b)
+    u, dense = U.shape[0], denser(layout)
+    if layout.split("+")[0] == "fused":
+        z = dense(x, W) + dense(h, U, b)
         return tf.split(z, gates, axis=1)
     out = []
     for k in range(gates):
         s = slice(k * u, (k + 1) * u)
-        out.append(_dense(x, W[:, s]) + _dense(h, U[:, s], None if b is None else b[s]))
+        out.append(dense(x, W[:, s]) + dense(h, U[:, s], None if b is None else b[s]))
     return out
 
 
@@ -107,7 +124,7 @@ def safe_name(name: str, taken: set[str]) -> str:
 
 # -- recurrent layers ----------------------------------------------------------------
 def lstm_cell(cl: ChainLayer, name: str, layout: str) -> Cell:
-    """The LSTM step. ``pipeline.quantsim.Int8StepSim`` simulates this graph (per-gate layout)
+    """The LSTM step. ``pipeline.quantsim.StepSim`` simulates this graph (per-gate layout)
     with int8 rounding at each tensor the converter quantizes: keep the two in step."""
     layer = cl.layer
     w = layer.get_weights()
@@ -135,6 +152,7 @@ def gru_cell(cl: ChainLayer, name: str, layout: str) -> Cell:
     _, ract = activation(layer, layer.recurrent_activation)
     u = layer.units
     sl = [slice(k * u, (k + 1) * u) for k in range(3)]
+    dense = denser(layout)
 
     if layer.reset_after:
         b_in = None if b is None else b[0]
@@ -142,8 +160,8 @@ def gru_cell(cl: ChainLayer, name: str, layout: str) -> Cell:
 
         def fn(x, states):
             (h,) = states
-            xz, xr, xh = [_dense(x, W[:, s], None if b_in is None else b_in[s]) for s in sl]
-            hz, hr, hh = [_dense(h, U[:, s], None if b_rec is None else b_rec[s]) for s in sl]
+            xz, xr, xh = [dense(x, W[:, s], None if b_in is None else b_in[s]) for s in sl]
+            hz, hr, hh = [dense(h, U[:, s], None if b_rec is None else b_rec[s]) for s in sl]
             z = ract(xz + hz)
             r = ract(xr + hr)
             cand = act(xh + r * hh)
@@ -152,10 +170,10 @@ def gru_cell(cl: ChainLayer, name: str, layout: str) -> Cell:
     else:
         def fn(x, states):
             (h,) = states
-            xz, xr, xh = [_dense(x, W[:, s], None if b is None else b[s]) for s in sl]
-            z = ract(xz + _dense(h, U[:, sl[0]]))
-            r = ract(xr + _dense(h, U[:, sl[1]]))
-            cand = act(xh + _dense(r * h, U[:, sl[2]]))
+            xz, xr, xh = [dense(x, W[:, s], None if b is None else b[s]) for s in sl]
+            z = ract(xz + dense(h, U[:, sl[0]]))
+            r = ract(xr + dense(h, U[:, sl[1]]))
+            cand = act(xh + dense(r * h, U[:, sl[2]]))
             h2 = z * h + (1.0 - z) * cand
             return h2, [h2]
 
@@ -167,10 +185,11 @@ def simple_rnn_cell(cl: ChainLayer, name: str, layout: str) -> Cell:
     w = layer.get_weights()
     W, U, b = w[0], w[1], (w[2] if layer.use_bias else None)
     _, act = activation(layer, layer.activation)
+    dense = denser(layout)
 
     def fn(x, states):
         (h,) = states
-        h2 = act(_dense(x, W) + _dense(h, U, b))
+        h2 = act(dense(x, W) + dense(h, U, b))
         return h2, [h2]
 
     return Cell(name, "SimpleRNN", fn, [StateSlot("h", (layer.units,))])

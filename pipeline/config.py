@@ -18,7 +18,8 @@ from runtime.errors import ConfigError
 RNN_KINDS = ("lstm", "gru", "simple_rnn")
 CELL_LAYOUTS = ("per_gate", "fused")
 SEARCH_MODES = ("until_pass", "all", "off")
-RECIPE_NAMES = ("per_gate", "fused", "long_stream", "trim_c", "per_tensor")  # pipeline.recipes.RECIPES
+RECIPE_NAMES = ("per_gate", "fused", "long_stream", "trim_c", "per_tensor",
+                "split_weights")  # pipeline.recipes.RECIPES
 WINDOW_LABELS = ("last", "majority")
 
 
@@ -106,7 +107,7 @@ class QuantizeConfig:
     # a no-reset stream of search_stream_steps) by the [verify] bars. "until_pass" stops
     # at the first that passes, "all" tries every one and keeps the best passing one,
     # "off" keeps the first.
-    recipes: tuple[str, ...] = ("per_gate", "fused", "trim_c", "long_stream")  # also: "per_tensor"
+    recipes: tuple[str, ...] = ("per_gate", "split_weights", "fused", "trim_c", "long_stream")  # also: "per_tensor"
     search: str = "until_pass"
     search_sequences: int = 400
     search_stream_steps: int = 3000

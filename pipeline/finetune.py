@@ -23,13 +23,14 @@ def finetuned_copy(model: keras.Model, sp: Split, cfg: BuildConfig) -> tuple[ker
     record of what happened."""
     from pipeline.convert import calibration_set
     from pipeline.qat import quantization_aware_finetune
-    from pipeline.quantsim import Int8StepSim
+    from pipeline.quantsim import StepSim
 
     if cfg.train.qat_epochs == 0:
         return None, {"ran": False, "why": "[train] qat_epochs = 0"}
-    if not Int8StepSim.supports(model):
-        return None, {"ran": False, "why": "the simulated step graph covers LSTM stacks (with Dropout and "
-                                           "LeakyReLU between) under a sigmoid/softmax Dense head"}
+    if not StepSim.supports(model):
+        return None, {"ran": False, "why": "the simulated step graph covers LSTM, GRU and SimpleRNN stacks "
+                                           "(Normalization first; Dropout, LayerNormalization and LeakyReLU "
+                                           "between) under a sigmoid/softmax Dense head"}
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     result = quantization_aware_finetune(copy, sp, cfg.train, calibration_set(sp.X_train, cfg.quantize))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from pipeline.cells import Cell, _const, _dense, activation
+from pipeline.cells import Cell, _const, activation, denser
 from pipeline.graph import ChainLayer, refuse
 
 IDENTITY = (
@@ -27,7 +27,8 @@ def dense_cell(cl: ChainLayer, name: str, layout: str) -> Cell:
     w = layer.get_weights()
     W, b = w[0], (w[1] if layer.use_bias else None)
     act_name, act = activation(layer, layer.activation)
-    return _stateless(name, "Dense", lambda x: act(_dense(x, W, b)), act_name)
+    dense = denser(layout)
+    return _stateless(name, "Dense", lambda x: act(dense(x, W, b)), act_name)
 
 
 def activation_cell(cl: ChainLayer, name: str, layout: str) -> Cell:

@@ -1,6 +1,7 @@
-"""Quantization-aware fine-tuning of LSTM stacks under a Dense head (``TrainConfig.qat_*``).
+"""Quantization-aware fine-tuning of recurrent stacks under a Dense head (``TrainConfig.qat_*``).
 
-``quantsim.Int8StepSim`` runs the per-gate step graph (``cells.lstm_cell``) in float and
+``quantsim.StepSim`` runs the step graph (``pipeline.cells``: LSTM, GRU, SimpleRNN, with
+Normalization, LayerNormalization, LeakyReLU and Dropout around them) in float and
 with int8 rounding wherever the converter rounds; the loss adds how far the int8 outputs
 drift from float at every step of training windows and of no-reset streams, trains every
 prefix's output as an early prediction of the label, and penalises what int8 holds
@@ -20,7 +21,7 @@ import tensorflow as tf
 
 from pipeline.config import TrainConfig, VerifyConfig
 from pipeline.data import Split
-from pipeline.quantsim import Int8StepSim, Rounding, widen
+from pipeline.quantsim import Rounding, StepSim, widen
 from runtime.contract import classes
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,15 @@ def _penalty(q: Rounding, cfg: TrainConfig) -> tf.Tensor:
     return cfg.qat_penalty * pen + cfg.qat_margin_weight * tf.reduce_mean(tf.nn.relu(cfg.qat_margin - gap) ** 2)
 
 
-def _unroll(sim: Int8StepSim, X: tf.Tensor, ranges, cfg: TrainConfig, states=None):
+def unroll(sim: StepSim, X: tf.Tensor, ranges, cfg: TrainConfig = TrainConfig(), states=None, keep=None):
     """``X [B, T, F]`` from ``states`` (default zero) -> (y ``[B, T, k]``, the final states,
-    the ranges the tensors spanned, the mean penalty)."""
+    the ranges the tensors spanned, the mean penalty); ``keep``: ``StepSim.step``'s."""
     T = int(X.shape[1])
     xs = tf.transpose(X, [1, 0, 2])
     stats0 = {k: tf.tile([[1e9, -1e9]], [g, 1]) for k, g in sim.groups.items()}
 
     def body(t, states, ys, stats, pen):
-        y, _, states, q = sim.step(xs[t], states, ranges)
+        y, _, states, q = sim.step(xs[t], states, ranges, keep)
         seen = q.stats()
         stats = {k: widen(stats[k], seen[k]) for k in stats}
         return t + 1, states, ys.write(t, y), stats, pen + (_penalty(q, cfg) if ranges is None else 0.0)
@@ -78,13 +79,13 @@ def _task_loss(y: tf.Tensor, labels: tf.Tensor, classes: int, prefix_weight: flo
     return loss + prefix_weight * tf.reduce_mean(per_step[:, :-1]) if y.shape[1] > 1 else loss
 
 
-def _qat_functions(sim: Int8StepSim, cfg: TrainConfig, classes: int, steps: int):
-    """``steps``: training steps in all; the learning rate decays to zero over them (cosine)."""
-    opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(cfg.qat_learning_rate, steps))
-
+def calibrator(sim: StepSim, cfg: TrainConfig = TrainConfig()):
+    """``calibrate(cal)``: the ranges the converter calibrates on ``cal`` (a
+    ``convert.Calibration``) for the simulation's current weights: the same rollouts and
+    continuations (``convert.calibration_inputs``)."""
     @tf.function(jit_compile=True)
     def rollout(X):
-        _, final, stats, _ = _unroll(sim, X, None, cfg)
+        _, final, stats, _ = unroll(sim, X, None, cfg)
         return final, stats
 
     @tf.function(reduce_retracing=True)
@@ -93,14 +94,12 @@ def _qat_functions(sim: Int8StepSim, cfg: TrainConfig, classes: int, steps: int)
         return new, q.stats()
 
     def calibrate(cal):
-        """The ranges the converter calibrates on ``cal`` (a ``convert.Calibration``) for the
-        current weights: the same rollouts and continuations (``convert.calibration_inputs``)."""
         stats, finals = None, []
         for X in cal.rollouts():
             final, seen = rollout(X)
             finals.append([v.numpy() for v in final])
             stats = seen if stats is None else {k: widen(stats[k], seen[k]) for k in stats}
-        fed = [stats[f"{n}.{kind}"].numpy() for n in range(len(sim.lstms)) for kind in "hc"]
+        fed = [stats[name].numpy() for name in sim.state_names]
         rows = cal.continue_until_closed(
             lambda x, states: [v.numpy() for v in one_step(x, states)[0]],
             [np.concatenate(parts) for parts in zip(*finals)],
@@ -110,21 +109,29 @@ def _qat_functions(sim: Int8StepSim, cfg: TrainConfig, classes: int, steps: int)
             stats = {k: widen(stats[k], seen[k]) for k in stats}
         return sim.converter_ranges(stats)
 
+    return calibrate
+
+
+def _qat_functions(sim: StepSim, cfg: TrainConfig, classes: int, steps: int):
+    """``steps``: training steps in all; the learning rate decays to zero over them (cosine)."""
+    opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(cfg.qat_learning_rate, steps))
+    calibrate = calibrator(sim, cfg)
+
     @tf.function(jit_compile=True)
     def evaluate(windows, streams, ranges):
         """Float and int8 outputs over windows and streams."""
-        return (_unroll(sim, windows, None, cfg)[0], _unroll(sim, windows, ranges, cfg)[0],
-                _unroll(sim, streams, None, cfg)[0], _unroll(sim, streams, ranges, cfg)[0])
+        return (unroll(sim, windows, None, cfg)[0], unroll(sim, windows, ranges, cfg)[0],
+                unroll(sim, streams, None, cfg)[0], unroll(sim, streams, ranges, cfg)[0])
 
     @tf.function(jit_compile=True)
     def train_step(windows, labels, chunk, carried_float, carried_int8, ranges):
         """One batch of windows (from zero states) and the next ``chunk`` of the no-reset
         streams, continued from the states the float and the int8 graph carried so far."""
         with tf.GradientTape() as tape:
-            yf, _, _, pen_w = _unroll(sim, windows, None, cfg)
-            yq = _unroll(sim, windows, ranges, cfg)[0]
-            sf, carried_float, _, pen_s = _unroll(sim, chunk, None, cfg, carried_float)
-            sq, carried_int8, _, _ = _unroll(sim, chunk, ranges, cfg, carried_int8)
+            yf, _, _, pen_w = unroll(sim, windows, None, cfg)
+            yq = unroll(sim, windows, ranges, cfg)[0]
+            sf, carried_float, _, pen_s = unroll(sim, chunk, None, cfg, carried_float)
+            sq, carried_int8, _, _ = unroll(sim, chunk, ranges, cfg, carried_int8)
             task = _task_loss(yf, labels, classes, cfg.qat_prefix_weight)
             drift = tf.reduce_mean((yq - yf) ** 2) + tf.reduce_mean((sq - sf) ** 2)
             loss = task + cfg.qat_consistency * drift + pen_w + pen_s
@@ -170,12 +177,12 @@ def quantization_aware_finetune(model: keras.Model, data: Split, cfg: TrainConfi
     validation windows and streams (``int8_figures``) than before, with a validation
     accuracy within half a percent of the one before; otherwise the model is left as it was.
     """
-    if not Int8StepSim.supports(model):
-        log.info("quantization-aware fine-tuning skipped: it covers LSTM stacks with a "
-                 "sigmoid/softmax Dense head")
+    if not StepSim.supports(model):
+        log.info("quantization-aware fine-tuning skipped: it covers LSTM/GRU/SimpleRNN stacks "
+                 "with a sigmoid/softmax Dense head")
         return None
     t0 = time.monotonic()
-    sim = Int8StepSim(model)
+    sim = StepSim(model)
     rng = np.random.default_rng(cfg.seed)
     X, y = data.X_train.astype(np.float32), data.y_train.astype(np.float32 if data.classes == 2 else np.int64)
     if calibration is None:

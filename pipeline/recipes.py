@@ -5,7 +5,9 @@ A ``Recipe`` fixes how one quantized variant is made: the cell layout of the ste
 channel or per tensor, what the converter calibrates on (the training windows, plus a
 no-reset stream, or a stream four times as long), and how the LSTM cell-state range is
 handled (all calibration rows, or without the ``trim`` share of rows whose cell states
-are the most extreme: a tighter grid for the common values, extremes clamped).
+are the most extreme: a tighter grid for the common values, extremes clamped), and
+whether each kernel is split into its int8 grid values plus the rest (two
+FULLY_CONNECTED ops: about 15-bit kernels for twice the weight bytes and matmuls).
 
 ``search`` converts the candidates in order and judges each on the *validation* split
 (every prefix of the windows and a no-reset stream) with ``verify.judge``, the very bars
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    layout: str = "per_gate"  # cells' gate layout: "per_gate" or "fused"
+    layout: str = "per_gate"  # cells' gate layout: "per_gate" or "fused"; "+split": kernels as two
+    # FULLY_CONNECTED (the int8 grid values plus the rest, ``cells.denser``)
     per_channel: bool = True  # weight scales per output channel (else per tensor)
     stream_factor: int = 1  # calibration stream = calibration_stream_steps * this
     trim: float = 0.0  # share of calibration rows with the most extreme cell states left out
@@ -47,6 +50,7 @@ RECIPES = {  # name -> the recipe, given [quantize] (its cell_layout where the n
     "long_stream": lambda qc: Recipe("long_stream", qc.cell_layout, stream_factor=4),
     "trim_c": lambda qc: Recipe("trim_c", qc.cell_layout, trim=0.002),
     "per_tensor": lambda qc: Recipe("per_tensor", qc.cell_layout, per_channel=False),
+    "split_weights": lambda qc: Recipe("split_weights", qc.cell_layout + "+split"),
 }
 
 assert tuple(RECIPES) == RECIPE_NAMES

@@ -179,6 +179,21 @@ def append_attribution(directory: Path, attribution: dict[str, dict]) -> None:
         lines += [f"### {v}", "", "| layer | worst tensor | relative error | lsb | clamped |", "|---|---|---|---|---|"]
         lines += [f"| {r['layer']} | `{r['tensor'][:60]}` | {r['rel_error']:.4f} | {r['lsb']:.2f} | "
                   f"{r['clamped'] * 100:.2f} % |" for r in a["layers"]]
-        lines.append("")
+        lines += ["", *_one_at_a_time_lines(a.get("one_at_a_time"))]
     with (directory / "report.md").open("a") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _one_at_a_time_lines(found: dict | None) -> list[str]:
+    """The simulation's one-at-a-time table (``attribution.one_at_a_time``), if it ran."""
+    if not found:
+        return []
+    base = found["all_rounded"]
+    lines = [f"Kept in float one at a time (simulated step graph, {found['steps']} no-reset steps; "
+             f"all rounded: RMS |dy| {base['rms']:.4f}, p99 {base['p99']:.4f}). `removed`: the share of "
+             "the RMS error that goes away with that layer or tensor in float.", "",
+             "| kept in float | RMS \\|dy\\| | p99 \\|dy\\| | removed |", "|---|---|---|---|"]
+    for kind in ("layers", "tensors"):
+        lines += [f"| {kind[:-1]} `{r['name']}` | {r['rms']:.4f} | {r['p99']:.4f} | {r['removed'] * 100:.0f} % |"
+                  for r in found[kind]]
+    return lines + [""]

@@ -1,5 +1,5 @@
-"""``stepwise convert`` of a model trained elsewhere, with and without fine-tuning: the
-float32 variant is the user's file at every step, the copy is kept only when it misses
+"""``stepwise convert`` of a model trained elsewhere (an LSTM stack, a GRU), with and without fine-tuning: the float32 variant is the user's
+file at every step, the copy is kept only when it misses
 fewer bars on validation, ``--no-finetune`` turns it off, and architectures the simulated
 graph does not cover are left as they were."""
 from __future__ import annotations
@@ -38,6 +38,10 @@ def user_model(tmp_path_factory):
     model.fit(sp.X_train, sp.y_train.astype(np.float32), epochs=3, verbose=0)
     d = tmp_path_factory.mktemp("user")
     model.save(d / "user.keras")
+    gru = keras.Sequential([keras.Input((7, 3)), keras.layers.GRU(6), keras.layers.Dense(1, activation="sigmoid")])
+    gru.compile("adam", "binary_crossentropy")
+    gru.fit(sp.X_train, sp.y_train.astype(np.float32), epochs=3, verbose=0)
+    gru.save(d / "user_gru.keras")
     np.savez(d / "data.npz", X=seqs.as_array(), y=seqs.y)
     (d / "small.toml").write_text("\n".join(
         f"[{section}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
@@ -45,22 +49,23 @@ def user_model(tmp_path_factory):
     return d
 
 
-def _convert(d, out, *flags):
-    result = CliRunner().invoke(cli, ["convert", str(d / "user.keras"), "--data", str(d / "data.npz"),
+def _convert(d, out, *flags, model="user.keras"):
+    result = CliRunner().invoke(cli, ["convert", str(d / model), "--data", str(d / "data.npz"),
                                       "--config", str(d / "small.toml"), "--out", str(out), *flags])
     assert result.exit_code == 0, result.output
     return json.loads((out / "manifest.json").read_text()), result.output
 
 
-def test_finetuned_conversion_keeps_the_users_model_as_float32(user_model, tmp_path):
-    manifest, output = _convert(user_model, tmp_path / "ft")
+@pytest.mark.parametrize("file", ["user.keras", "user_gru.keras"])
+def test_finetuned_conversion_keeps_the_users_model_as_float32(user_model, tmp_path, file):
+    manifest, output = _convert(user_model, tmp_path / "ft", model=file)
     ft = manifest["variants"]["int8"]["quantization"]["finetune"]
     assert ft["ran"] is True and "simulation" in ft
     if "plain_missed" in ft:  # the copy changed: kept exactly when it misses fewer bars
         assert ft["kept"] == (ft["finetuned_missed"] < ft["plain_missed"])
     else:  # the simulation found no gain: nothing to compare, plain quantization
         assert ft["kept"] is False and ft["why"]
-    user = keras.models.load_model(user_model / "user.keras", compile=False)
+    user = keras.models.load_model(user_model / file, compile=False)
     X = np.load(user_model / "data.npz")["X"][:32]
     engine = Engine.load(tmp_path / "ft", variant="float32", lanes=len(X), reset="never")
     ys = np.stack([engine.step_lanes(X[:, t]).y.copy() for t in range(X.shape[1])], axis=1)
@@ -68,6 +73,11 @@ def test_finetuned_conversion_keeps_the_users_model_as_float32(user_model, tmp_p
     saved = keras.models.load_model(tmp_path / "ft" / "model.keras", compile=False)
     for a, b in zip(saved.get_weights(), user.get_weights()):
         np.testing.assert_array_equal(a, b)  # the reference in the artifacts is the user's model
+    verification = manifest["variants"]["int8"]["verification"]
+    if verification["status"] != "pass":  # a miss is explained layer by layer in the simulation
+        found = verification["attribution"]["one_at_a_time"]
+        assert found["bits"] == 8 and {r["name"] for r in found["layers"]} >= {"x", "0", "head"}
+        assert "Kept in float one at a time" in (tmp_path / "ft" / "report" / "report.md").read_text()
 
 
 def test_no_finetune_turns_it_off_and_unsupported_models_are_left_alone(user_model, tmp_path):
@@ -75,10 +85,11 @@ def test_no_finetune_turns_it_off_and_unsupported_models_are_left_alone(user_mod
 
     cfg = load_config(user_model / "small.toml")
     sp = split(synthetic(cfg.data), cfg.data, normalise=False)
-    gru = keras.Sequential([keras.Input((7, 3)), keras.layers.GRU(4), keras.layers.Dense(1, activation="sigmoid")])
+    gru = keras.Sequential([keras.Input((7, 3)), keras.layers.Conv1D(4, 3, padding="causal"), keras.layers.GRU(4),
+                            keras.layers.Dense(1, activation="sigmoid")])
     before = [w.copy() for w in gru.get_weights()]
     copy, info = finetuned_copy(gru, sp, cfg)
-    assert copy is None and info["ran"] is False and "LSTM" in info["why"]
+    assert copy is None and info["ran"] is False and "LSTM, GRU and SimpleRNN stacks" in info["why"]
     assert all(np.array_equal(a, b) for a, b in zip(before, gru.get_weights()))
     gru.save(user_model / "gru.keras")
     result = CliRunner().invoke(cli, ["convert", str(user_model / "gru.keras"), "--data",

@@ -16,7 +16,7 @@ from pipeline.config import load_config
 from pipeline.data import split, synthetic
 from pipeline.stepmodel import SIGNATURE_KEY, StepModel, keras_sequence_outputs
 from pipeline.qat import quantization_aware_finetune
-from pipeline.quantsim import Int8StepSim, fake_quant
+from pipeline.quantsim import StepSim, fake_quant
 from pipeline.train import train
 from runtime.contract import load_contract
 from runtime.errors import ConfigError
@@ -79,7 +79,7 @@ def test_fake_quant_rounds_onto_the_int8_grid_with_straight_through_gradient():
 
 def test_simulated_step_graph_in_float_is_the_keras_model(small):
     _, sp, model = small
-    sim = Int8StepSim(model)
+    sim = StepSim(model)
     X = sp.X_test[:16]
     states, ys = sim.zero_states(len(X)), []
     for t in range(X.shape[1]):
@@ -96,8 +96,8 @@ def test_simulated_step_graph_covers_leaky_relu_and_dropout_between_lstms(small)
     model = keras.Sequential([keras.Input((sp.steps, sp.features)), keras.layers.LSTM(6, return_sequences=True),
                               keras.layers.LeakyReLU(0.2), keras.layers.Dropout(0.3), keras.layers.LSTM(3),
                               keras.layers.Dense(1, activation="sigmoid")])
-    assert Int8StepSim.supports(model)
-    sim, X = Int8StepSim(model), sp.X_test[:8]
+    assert StepSim.supports(model)
+    sim, X = StepSim(model), sp.X_test[:8]
     states, ys = sim.zero_states(len(X)), []
     for t in range(X.shape[1]):
         y, _, states, _ = sim.step(tf.constant(X[:, t]), states)
@@ -106,7 +106,90 @@ def test_simulated_step_graph_covers_leaky_relu_and_dropout_between_lstms(small)
     assert "0.leaky" in sim.groups  # the LeakyReLU output is a tensor int8 rounds
     norm_first = keras.Sequential([keras.Input((sp.steps, sp.features)), keras.layers.LayerNormalization(),
                                    keras.layers.LSTM(3), keras.layers.Dense(1, activation="sigmoid")])
-    assert not Int8StepSim.supports(norm_first)
+    assert not StepSim.supports(norm_first)
+
+
+L = keras.layers
+ARCHITECTURES = {  # the layers after the Input of a (3-feature) model the simulation covers
+    "gru-ln-gru": lambda: [L.GRU(6, return_sequences=True), L.LayerNormalization(), L.GRU(4),
+                           L.Dense(3, activation="softmax")],
+    "gru-v1": lambda: [L.GRU(5, reset_after=False), L.Dense(1, activation="sigmoid")],
+    "simplernn-ln": lambda: [L.SimpleRNN(6, return_sequences=True), L.LayerNormalization(), L.SimpleRNN(4),
+                             L.Dense(1, activation="sigmoid")],
+    "norm-lstm-ln-gru": lambda: [_norm(), L.LSTM(5, return_sequences=True), L.LayerNormalization(),
+                                 L.Dropout(0.1), L.GRU(3), L.Dense(2, activation="softmax")],
+}
+
+
+def _norm():
+    norm = L.Normalization()
+    norm.adapt(np.random.default_rng(0).normal(1.0, 3.0, (200, 3)))
+    return norm
+
+
+def _model(name: str, steps=None) -> keras.Model:
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((steps, 3)), *ARCHITECTURES[name]()])
+
+
+def _sim_outputs(sim, X, ranges=None) -> np.ndarray:
+    states, ys = sim.zero_states(len(X)), []
+    for t in range(X.shape[1]):
+        y, _, states, _ = sim.step(tf.constant(X[:, t]), states, ranges)
+        ys.append(y.numpy())
+    return np.stack(ys, 1)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_simulated_step_graph_covers_gru_simplernn_and_normalisation(name):
+    model = _model(name)
+    assert StepSim.supports(model)
+    X = np.random.default_rng(2).normal(size=(8, 9, 3)).astype(np.float32)
+    np.testing.assert_allclose(_sim_outputs(StepSim(model), X), keras_sequence_outputs(model, X), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,variant", [("gru-ln-gru", "int16x8"), ("simplernn-ln", "int8")])
+def test_simulated_rounding_tracks_the_converted_model(name, variant, tmp_path):
+    """The simulation's error is the converted model's error, not some other error: the
+    simulated and the converted outputs are much closer to each other than to float."""
+    from pipeline.qat import calibrator
+    from pipeline.recipes import run_tflite
+
+    model = _model(name)
+    X = np.random.default_rng(0).normal(size=(200, 9, 3)).astype(np.float32)
+    qc = dataclasses.replace(load_config().quantize, calibration_sequences=100, calibration_stream_steps=300)
+    cal = conv.calibration_set(X, qc)
+    sim = StepSim(model, 16 if variant == "int16x8" else 8)
+    ys = _sim_outputs(sim, X[:32], calibrator(sim)(cal))
+    step = StepModel.from_keras(model)
+    blob = conv.convert(step.save(tmp_path / "sm"), variant, conv.calibration_inputs(step, cal))
+    yt, ref = run_tflite(blob, step, X[:32]), keras_sequence_outputs(model, X[:32])
+    converted_error = np.abs(yt - ref).mean()
+    assert converted_error > 1e-5
+    assert np.abs(ys - yt).mean() < 0.5 * converted_error
+    assert 0.5 < np.abs(ys - ref).mean() / converted_error < 2.0
+
+
+def test_finetuning_of_a_gru_is_kept_when_it_helps_and_a_simplernn_left_when_it_cannot():
+    cfg = load_config(data={"sequences": 300, "seed": 3}, train={"verbose": 0})
+    sp = split(synthetic(cfg.data), cfg.data)
+    qat = dataclasses.replace(cfg.train, qat_epochs=3, qat_stream_steps=14, qat_streams=4, qat_learning_rate=0.02)
+    keras.utils.set_random_seed(3)
+    # Untrained: its outputs hover at 0.5, so int8 flips decisions that training makes firm.
+    gru = keras.Sequential([keras.Input((sp.steps, sp.features)), L.GRU(4), L.Dense(1, activation="sigmoid")])
+    before = [w.copy() for w in gru.get_weights()]
+    summary = quantization_aware_finetune(gru, sp, qat)["summary"]
+    assert summary["kept"] is True
+    assert summary["validation_after"]["score"] < summary["validation_before"]["score"]
+    assert summary["validation_after"]["accuracy"] >= summary["validation_before"]["accuracy"] - 0.005
+    assert any(not np.array_equal(a, b) for a, b in zip(before, gru.get_weights()))
+    # All weights zero: every output is 0.5, on the int8 grid; nothing to gain.
+    rnn = keras.Sequential([keras.Input((sp.steps, sp.features)), L.SimpleRNN(4), L.Dense(1, activation="sigmoid")])
+    rnn.set_weights([np.zeros_like(w) for w in rnn.get_weights()])
+    summary = quantization_aware_finetune(rnn, sp, qat)["summary"]
+    assert summary["validation_before"]["score"] == 0.0
+    assert summary["kept"] is False
+    assert all(not w.any() for w in rnn.get_weights())  # left exactly as it was
 
 
 def test_calibration_puts_each_state_input_on_its_output_grid(small, tmp_path):
@@ -147,8 +230,8 @@ def test_quantization_aware_finetuning_is_kept_only_when_it_helps(small, tmp_pat
 
 def test_finetuning_skips_architectures_it_does_not_simulate(small):
     cfg, sp, _ = small
-    model = keras.Sequential([keras.Input((sp.steps, sp.features)), keras.layers.GRU(4),
-                              keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential([keras.Input((sp.steps, sp.features)), keras.layers.Conv1D(4, 3, padding="causal"),
+                              keras.layers.GRU(4), keras.layers.Dense(1, activation="sigmoid")])
     before = [w.copy() for w in model.get_weights()]
     assert quantization_aware_finetune(model, sp, dataclasses.replace(cfg.train, qat_epochs=1)) is None
     for a, b in zip(before, model.get_weights()):

@@ -73,6 +73,46 @@ def test_when_no_recipe_passes_the_closest_is_kept(lopsided, tmp_path):
     assert record["name"] == "per_tensor" and record["tried"][0]["status"] == "fail" and blob[4:8] == b"TFL3"
 
 
+@pytest.fixture(scope="module")
+def cancelling():
+    """SimpleRNN(2) -> Dense(1, sigmoid) fed two equal features, whose unit 0 reads them
+    through the kernel column [200, -199.4]: 0.6 x, the difference of two large weights.
+    On that column's int8 grid (step 200/127) -199.4 rounds to -200 and the unit reads 0:
+    no activation grid, however fine (int16x8), brings the signal back; the kernel split
+    into its grid values and the rest (``split_weights``) holds -199.4 to within 0.002."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6, 2)), keras.layers.SimpleRNN(2), keras.layers.Dense(1, activation="sigmoid")])
+    model.layers[0].set_weights([np.array([[200.0, 0.4], [-199.4, 0.4]], np.float32),
+                                 np.array([[0.3, 0.0], [0.0, 0.3]], np.float32), np.zeros(2, np.float32)])
+    model.layers[1].set_weights([np.array([[3.0], [0.5]], np.float32), np.zeros(1, np.float32)])
+    rng = np.random.default_rng(0)
+    X = np.repeat(rng.normal(0, 1, (600, 6, 1)), 2, axis=2).astype(np.float32)
+    last = keras_sequence_outputs(model, X)[:, -1, 0]
+    X, y = X[np.abs(last - 0.5) > 0.05][:300], (last[np.abs(last - 0.5) > 0.05][:300] >= 0.5).astype(np.int64)
+    sp = Split(X[:160], y[:160], X[160:240], y[160:240], X[240:], y[240:], np.zeros(2, np.float32),
+               np.ones(2, np.float32), ("a", "b"), 2, "cancelling")
+    return model, sp
+
+
+def test_split_kernels_fix_a_model_whose_int8_kernel_grid_loses_the_signal(cancelling, tmp_path):
+    model, sp = cancelling
+    _, record = _search(model, sp, tmp_path, variant="int16x8", recipes=["per_gate", "split_weights"])
+    tried = {t["recipe"]: t for t in record["tried"]}
+    assert tried["per_gate"]["status"] == "fail" and tried["per_gate"]["p99_abs"] > 0.05
+    assert tried["split_weights"]["status"] == "pass" and tried["split_weights"]["p99_abs"] < 0.01
+    assert record["name"] == "split_weights" and record["settings"]["layout"] == "per_gate+split"
+
+
+def test_split_kernels_are_the_same_model_in_float(cancelling):
+    from pipeline.stepmodel import StepModel
+
+    model, sp = cancelling
+    for layer in (model, keras.Sequential([keras.Input((6, 2)), keras.layers.GRU(3, return_sequences=True),
+                                           keras.layers.LSTM(2), keras.layers.Dense(2, activation="softmax")])):
+        ys = StepModel.from_keras(layer, "per_gate+split").reference_rollout(sp.X_test[:16])
+        np.testing.assert_allclose(ys, keras_sequence_outputs(layer, sp.X_test[:16]), atol=1e-5)
+
+
 def test_trim_drops_the_rows_with_the_most_extreme_cell_states():
     class Step:  # the interface trim_rows uses: states, and a step that leaves c as it is
         states = [dataclasses.make_dataclass("S", ["input", "output", "kind"])("c", "c_out", "c")]
