@@ -139,8 +139,7 @@ def _label_codes(path: Path, labels: list[str], lines: list[int],
         bad = np.flatnonzero((codes < 0) | (codes >= MAX_CLASSES))
         if len(bad):
             r = int(bad[0])
-            shown = labels[r] if len(labels[r]) <= 40 else labels[r][:40] + "..."
-            raise DataError(f"{path}:{lines[r]}: label {shown} in column {column!r} is not a class index "
+            raise DataError(f"{path}:{lines[r]}: label {_shown(labels[r])[1:-1]} in column {column!r} is not a class index "
                             f"0..{MAX_CLASSES - 1}; use class indexes 0..N-1 or class names")
         return codes, None
     for r, s in enumerate(labels):
@@ -148,7 +147,7 @@ def _label_codes(path: Path, labels: list[str], lines: list[int],
             raise DataError(f"{path}:{lines[r]}: empty label in column {column!r}; every row needs its class")
     if any(numeric):
         r = numeric.index(True) if numeric.count(True) <= numeric.count(False) else numeric.index(False)
-        raise DataError(f"{path}:{lines[r]}: label {labels[r]!r} in column {column!r} mixes numbers and "
+        raise DataError(f"{path}:{lines[r]}: label {_shown(labels[r])} in column {column!r} mixes numbers and "
                         f"class names; use one or the other")
     names = tuple(sorted(set(labels)))
     if len(names) > MAX_CLASSES:
@@ -156,10 +155,15 @@ def _label_codes(path: Path, labels: list[str], lines: list[int],
     bad = next((n for n in names if not n.isprintable()), None)
     if bad is not None:
         r = labels.index(bad)
-        raise DataError(f"{path}:{lines[r]}: label {bad!r} in column {column!r} holds a control character; "
+        raise DataError(f"{path}:{lines[r]}: label {_shown(bad)} in column {column!r} holds a control character; "
                         f"class names are one printable line")
     index = {n: i for i, n in enumerate(names)}
     return np.array([index[s] for s in labels], np.int64), names
+
+
+def _shown(s: str) -> str:
+    """``repr(s)``, cut to 40 characters."""
+    return repr(s if len(s) <= 40 else s[:40] + "...")
 
 
 def _as_index(s: str) -> int | None:
