@@ -100,7 +100,17 @@ def load_training_data(path: str | None, cfg: DataConfig) -> Sequences:
                             f"{cfg.sequence_column!r} column")
         raise DataError(f"{seqs.source}: {len(seqs)} sequences is too few to train and verify (need at least "
                         f"{cfg.min_sequences}); cut longer recordings into windows with [data] window = N")
-    return used_classes(seqs)
+    seqs = used_classes(seqs)
+    lengths = seqs.lengths()
+    classes = seqs.class_names or tuple(str(c) for c in np.unique(seqs.y))
+    log.info("%s: %d sequences of %s samples, features %s, classes %s", seqs.source, len(seqs),
+             min(lengths) if len(lengths) == 1 else f"{min(lengths)}..{max(lengths)}",
+             _listed(seqs.feature_names), _listed(classes))
+    return seqs
+
+
+def _listed(names, most: int = 12) -> str:
+    return ", ".join(names) if len(names) <= most else ", ".join(names[:most]) + f", ... ({len(names)} in all)"
 
 
 def windows(seqs: Sequences, window: int, stride: int, label: str = "last") -> Sequences:

@@ -17,6 +17,7 @@ problem (``DataError``), in one line; nothing is half-read.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import struct
 import zipfile
@@ -31,6 +32,8 @@ from runtime.datacsv import Columns, Table, find_column, found, read_capped, rea
 from runtime.errors import DataError
 
 __all__ = ["Columns", "Sequences", "read_sequences", "MAX_CLASSES", "MAX_NPZ_BYTES"]
+
+log = logging.getLogger(__name__)
 
 SEQUENCE_COLUMN = "sequence"
 LABEL_COLUMN = "label"
@@ -136,7 +139,7 @@ def _label_codes(path: Path, labels: list[str], lines: list[int],
         bad = np.flatnonzero((codes < 0) | (codes >= MAX_CLASSES))
         if len(bad):
             r = int(bad[0])
-            raise DataError(f"{path}:{lines[r]}: label {labels[r]} in column {column!r} is not a class index "
+            raise DataError(f"{path}:{lines[r]}: label {_shown(labels[r])[1:-1]} in column {column!r} is not a class index "
                             f"0..{MAX_CLASSES - 1}; use class indexes 0..N-1 or class names")
         return codes, None
     for r, s in enumerate(labels):
@@ -144,7 +147,7 @@ def _label_codes(path: Path, labels: list[str], lines: list[int],
             raise DataError(f"{path}:{lines[r]}: empty label in column {column!r}; every row needs its class")
     if any(numeric):
         r = numeric.index(True) if numeric.count(True) <= numeric.count(False) else numeric.index(False)
-        raise DataError(f"{path}:{lines[r]}: label {labels[r]!r} in column {column!r} mixes numbers and "
+        raise DataError(f"{path}:{lines[r]}: label {_shown(labels[r])} in column {column!r} mixes numbers and "
                         f"class names; use one or the other")
     names = tuple(sorted(set(labels)))
     if len(names) > MAX_CLASSES:
@@ -152,16 +155,22 @@ def _label_codes(path: Path, labels: list[str], lines: list[int],
     bad = next((n for n in names if not n.isprintable()), None)
     if bad is not None:
         r = labels.index(bad)
-        raise DataError(f"{path}:{lines[r]}: label {bad!r} in column {column!r} holds a control character; "
+        raise DataError(f"{path}:{lines[r]}: label {_shown(bad)} in column {column!r} holds a control character; "
                         f"class names are one printable line")
     index = {n: i for i, n in enumerate(names)}
     return np.array([index[s] for s in labels], np.int64), names
 
 
+def _shown(s: str) -> str:
+    """``repr(s)``, cut to 40 characters."""
+    return repr(s if len(s) <= 40 else s[:40] + "...")
+
+
 def _as_index(s: str) -> int | None:
     """``"3"`` or ``"3.0"`` -> 3; None for anything that is not an integral number."""
     try:
-        return int(s)
+        v = int(s)
+        return v if abs(v) < 2 ** 62 else -1
     except ValueError:
         pass
     try:
@@ -308,6 +317,8 @@ def used_classes(seqs: Sequences) -> Sequences:
     used = np.unique(seqs.y)
     if len(used) == len(seqs.class_names):
         return seqs
+    unused = [n for i, n in enumerate(seqs.class_names) if i not in set(used.tolist())]
+    log.warning("%s: class(es) %s label no sequence and are left out", seqs.source, ", ".join(unused))
     remap = np.full(len(seqs.class_names), -1, np.int64)
     remap[used] = np.arange(len(used))
     steps = None if seqs.step_labels is None else tuple(remap[s] for s in seqs.step_labels)

@@ -160,9 +160,11 @@ def test_short_recordings_are_left_out_and_none_long_enough_is_an_error(caplog):
                            "use a smaller window"
 
 
-def test_a_windowed_log_trains_on_its_windows_with_class_names(tmp_path):
+def test_a_windowed_log_trains_on_its_windows_with_class_names(tmp_path, caplog):
     p = _log(tmp_path, ["idle"] * 30 + ["shake"] * 30 + ["idle"] * 20)
-    seqs = load_training_data(str(p), DataConfig(window=10, stride=5, window_label="majority", min_sequences=5))
+    with caplog.at_level("INFO"):
+        seqs = load_training_data(str(p), DataConfig(window=10, stride=5, window_label="majority", min_sequences=5))
+    assert f"{p}: 15 sequences of 10 samples, features ax, ay, classes idle, shake" in caplog.text
     assert seqs.feature_names == ("ax", "ay")  # timestamp dropped (ISO text, time-like name)
     assert len(seqs) == 15 and {len(x) for x in seqs.X} == {10}
     assert seqs.X[1][:, 0].tolist() == list(range(5, 15))

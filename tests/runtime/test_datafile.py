@@ -112,7 +112,7 @@ def test_delimiter_sniffing():
 
 
 # -- labels -----------------------------------------------------------------------------
-def test_text_labels_become_sorted_class_indexes(tmp_path):
+def test_text_labels_become_sorted_class_indexes(tmp_path, caplog):
     p = _csv(tmp_path, "sequence,ax,label\n1,0,shake\n1,1,shake\n2,2,idle\n3,3,walk\n3,4,idle\n")
     s = read_sequences(p, require_labels=True)
     assert s.class_names == ("idle", "shake", "walk")
@@ -120,6 +120,7 @@ def test_text_labels_become_sorted_class_indexes(tmp_path):
     assert [x.tolist() for x in s.step_labels] == [[1, 1], [0], [2, 0]]
     kept = used_classes(s)  # "walk" labels no sequence
     assert kept.class_names == ("idle", "shake") and kept.y.tolist() == [1, 0, 0]
+    assert f"{p}: class(es) walk label no sequence and are left out" in caplog.text
 
 
 def test_integer_labels_stay_indexes(tmp_path):
@@ -186,6 +187,9 @@ BAD = {
     "class_index_huge": (lambda t: _csv(t, "ax,label\n1,0\n2,1000000000\n"),
                          f"d.csv:3: label 1000000000 in column 'label' is not a class index 0..{MAX_CLASSES - 1}; "
                          "use class indexes 0..N-1 or class names"),
+    "class_index_of_5000_digits": (lambda t: _csv(t, "ax,label\n1,0\n2," + "1" * 5000 + "\n"),
+                                   "d.csv:3: label " + "1" * 40 + f"... in column 'label' is not a class index "
+                                   f"0..{MAX_CLASSES - 1}; use class indexes 0..N-1 or class names"),
     "npz_class_index_huge": (lambda t: _npz(t, X=np.zeros((2, 3, 1)), y=np.array([0, 10 ** 9])),
                              f"bad.npz: y has class index 1000000000; class indexes must be 0..N-1 "
                              f"(at most {MAX_CLASSES} classes)"),
