@@ -123,6 +123,8 @@ def calibration_inputs(step: StepModel, cal: Calibration) -> list[dict[str, np.n
         return [out[spec.output].numpy() for spec in step.states]
 
     rows += cal.continue_until_closed(next_states, pending, lo, hi)
+    log.info("calibration: %d samples with their states (%d windows, a %d-sample stream, continuations)",
+             sum(len(x) for x, _ in rows), len(cal.windows), cal.stream.shape[1])
     return [_one(step, x[i], [s[i] for s in states]) for x, states in rows for i in range(len(x))]
 
 
