@@ -55,7 +55,8 @@ def build_artifacts(cfg: BuildConfig, out: str | os.PathLike, data: str | None =
     seqs = load_training_data(data, cfg.data)
     sp = split(seqs, cfg.data)
     _phase("training")
-    result = train(sp, cfg.model, cfg.train, calibration=conv.calibration_set(sp.X_train, cfg.quantize))
+    calibration = conv.calibration_set(sp.X_train, cfg.quantize, sp.len_train)
+    result = train(sp, cfg.model, cfg.train, calibration=calibration)
     return package(result.model, sp, cfg, Path(out), result, t0)
 
 
@@ -90,7 +91,8 @@ def package(model: keras.Model, sp: Split, cfg: BuildConfig, out: Path,
     _check_step_parity(model, step, sp)
     from pipeline.finetune import finetuned_copy
 
-    tuned = finetuned_copy(model, sp, cfg) if finetune else (None, {"ran": False, "why": "turned off"})
+    tuned = finetuned_copy(model, sp, cfg) if finetune and not sp.variable_length else \
+        (None, {"ran": False, "why": "turned off" if not finetune else "recordings of different lengths"})
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
@@ -124,8 +126,8 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     (stage / "config.toml").write_text(cfg.to_toml())
     if trained is not None:
         save_history(trained, stage / "training_history.json")
-    np.savez(stage / TEST_DATA, X=sp.raw(sp.X_test), y=sp.y_test,
-             feature_names=np.array(sp.feature_names))
+    np.savez(stage / TEST_DATA, X=sp.raw(sp.X_test, sp.len_test), y=sp.y_test,
+             feature_names=np.array(sp.feature_names), lengths=sp.len_test)
     _phase(f"converting and quantizing ({', '.join(cfg.quantize.variants)})")
     variants = _convert_variants(model, step, sp, cfg, stage, tuned)
     contract = _contract(step, sp, variants, default="float32", data=cfg.data)

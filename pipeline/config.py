@@ -31,7 +31,7 @@ class DataConfig:
     steps: int = 7  # synthetic window length
     synthetic_features: int = 3
     noise: float = 0.35
-    val_fraction: float = 0.15
+    val_fraction: float = 0.2  # stratified (pipeline.data.split); early stopping judges by it
     test_fraction: float = 0.15
     min_sequences: int = 20
     seed: int = 7
@@ -57,12 +57,28 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 60
+    # The fit (pipeline.fit): Adam at learning_rate (gradient norm clipped to clipnorm),
+    # warmed up linearly over warmup_epochs, then times plateau_factor whenever the
+    # validation loss has not improved for plateau_patience epochs (not below
+    # learning_rate * min_lr_ratio); stops after patience epochs without a better
+    # validation loss and keeps the best epoch's weights. batch_size is the largest batch:
+    # small sets get smaller ones, so an epoch has at least min_batches updates (never
+    # below 8 recordings). Balanced class weights when the largest class outnumbers the
+    # smallest by more than class_weight_ratio (0: never). verbose: Keras's own epoch
+    # lines (the log has a progress line every few epochs either way).
+    epochs: int = 200
     batch_size: int = 64
-    learning_rate: float = 0.005
-    patience: int = 8
+    learning_rate: float = 0.002
+    patience: int = 25
+    warmup_epochs: int = 5
+    plateau_patience: int = 8
+    plateau_factor: float = 0.5
+    min_lr_ratio: float = 0.02
+    clipnorm: float = 1.0
+    min_batches: int = 16
+    class_weight_ratio: float = 1.5
     seed: int = 7
-    verbose: int = 2
+    verbose: int = 0
     # Quantization-aware fine-tuning after the fit (LSTM stacks under a sigmoid/softmax Dense
     # head; 0 epochs turns it off): pipeline.qat.quantization_aware_finetune. Its loss:
     # cross-entropy at each window's last step (+ qat_prefix_weight * its mean over the
@@ -225,6 +241,11 @@ def _validate(cfg: BuildConfig) -> None:
         raise ConfigError("[verify] decisive_margin must be in [0, 1), min_decisive_share in [0, 1], "
                           f"accuracy_drop >= 0 (got {v.decisive_margin}, {v.min_decisive_share}, {v.accuracy_drop})")
     t = cfg.train
+    if not (0 < t.plateau_factor <= 1 and 0 < t.min_lr_ratio <= 1 and t.clipnorm > 0 and t.min_batches >= 1
+            and t.patience >= 1 and t.plateau_patience >= 1 and t.warmup_epochs >= 0 and t.class_weight_ratio >= 0):
+        raise ConfigError("[train] plateau_factor and min_lr_ratio must be in (0, 1], clipnorm positive, "
+                          "patience, plateau_patience and min_batches >= 1, warmup_epochs and "
+                          "class_weight_ratio >= 0")
     positive = ("qat_learning_rate", "qat_streams", "qat_stream_steps", "qat_stream_restart",
                 "qat_state_bound", "qat_logit_bound")
     non_negative = ("qat_epochs", "qat_prefix_weight", "qat_consistency", "qat_penalty", "qat_margin",

@@ -37,9 +37,21 @@ class Calibration:
     windows: np.ndarray
     stream: np.ndarray
     seed: int
+    lengths: np.ndarray | None = None  # [m] true length of each window (None: all T); padding is never fed
 
     def rollouts(self) -> list[np.ndarray]:
         return [X for X in (self.windows, self.stream) if X.shape[1] > 0]
+
+    def true_lengths(self, X: np.ndarray) -> np.ndarray:
+        """``[m]`` the true length of each sequence of ``X`` (one of ``rollouts()``)."""
+        if X is self.windows and self.lengths is not None:
+            return np.asarray(self.lengths)
+        return np.full(X.shape[0], X.shape[1])
+
+    def samples(self) -> np.ndarray:
+        """``[n, F]`` every true sample of the rollouts (no padding)."""
+        return np.concatenate([X[np.arange(X.shape[1])[None] < self.true_lengths(X)[:, None]]
+                               for X in self.rollouts()])
 
     def continue_until_closed(self, next_states, pending: list[np.ndarray], lo: list[float],
                               hi: list[float], rounds: int = 20) -> list[tuple[np.ndarray, list]]:
@@ -48,7 +60,7 @@ class Calibration:
         each state fed so far, with consecutive samples of the rollouts from random
         offsets: each continuation is an ordinary stream. ``next_states(x, states)`` is
         one float step; the same ``seed`` gives the same continuations."""
-        samples = np.concatenate([X.reshape(-1, X.shape[2]) for X in self.rollouts()])
+        samples = self.samples()
         rng = np.random.default_rng(self.seed)
         lo, hi, rows = list(lo), list(hi), []
         at = rng.integers(0, max(1, len(samples) - rounds), size=len(pending[0]))
@@ -69,14 +81,18 @@ class Calibration:
         return rows
 
 
-def calibration_set(X: np.ndarray, qc: QuantizeConfig) -> Calibration:
+def calibration_set(X: np.ndarray, qc: QuantizeConfig, lengths: np.ndarray | None = None) -> Calibration:
     """Up to ``qc.calibration_sequences`` of the training windows ``X`` ``[m, T, F]``, and a
-    no-reset stream of ``qc.calibration_stream_steps`` samples of them back to back."""
+    no-reset stream of ``qc.calibration_stream_steps`` samples of them back to back.
+    ``lengths`` ``[m]``: each window's true length (the padding after it is not calibrated
+    on, nor streamed)."""
     rng = np.random.default_rng(qc.seed)
-    windows = X[rng.permutation(len(X))[: qc.calibration_sequences]].astype(np.float32)
-    order = rng.integers(0, len(windows), size=qc.calibration_stream_steps // X.shape[1] + 1)
-    stream = windows[order].reshape(1, -1, X.shape[2])[:, : qc.calibration_stream_steps]
-    return Calibration(windows, stream, qc.seed + 1)
+    pick = rng.permutation(len(X))[: qc.calibration_sequences]
+    windows = X[pick].astype(np.float32)
+    lens = np.full(len(windows), X.shape[1]) if lengths is None else np.asarray(lengths)[pick]
+    order = rng.integers(0, len(windows), size=qc.calibration_stream_steps // int(lens.min()) + 1)
+    stream = np.concatenate([windows[i, : lens[i]] for i in order])[None, : qc.calibration_stream_steps]
+    return Calibration(windows, stream, qc.seed + 1, None if lengths is None else lens)
 
 
 def calibration_inputs(step: StepModel, cal: Calibration) -> list[dict[str, np.ndarray]]:
@@ -92,8 +108,12 @@ def calibration_inputs(step: StepModel, cal: Calibration) -> list[dict[str, np.n
     finals = []
     for X in cal.rollouts():
         _, fed, last = step.rollout(X)
-        rows += [(X[:, t], fed[t]) for t in range(X.shape[1])]
-        finals.append(last)
+        n = cal.true_lengths(X)
+        for t in range(X.shape[1]):
+            keep = n > t  # padding after a window's end is not fed
+            if keep.any():
+                rows.append((X[keep, t], [s[keep] for s in fed[t]]))
+        finals.append(last if n.min() == X.shape[1] else _at_end(fed, last, n))
     pending = [np.concatenate(parts) for parts in zip(*finals)]
     lo = [min(float(r[1][k].min()) for r in rows) for k in range(len(pending))]
     hi = [max(float(r[1][k].max()) for r in rows) for k in range(len(pending))]
@@ -103,7 +123,17 @@ def calibration_inputs(step: StepModel, cal: Calibration) -> list[dict[str, np.n
         return [out[spec.output].numpy() for spec in step.states]
 
     rows += cal.continue_until_closed(next_states, pending, lo, hi)
+    log.info("calibration: %d samples with their states (%d windows, a %d-sample stream, continuations)",
+             sum(len(x) for x, _ in rows), len(cal.windows), cal.stream.shape[1])
     return [_one(step, x[i], [s[i] for s in states]) for x, states in rows for i in range(len(x))]
+
+
+def _at_end(fed: list[list[np.ndarray]], last: list[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]:
+    """The states each sequence holds after its last true step (``fed[t]``: the states fed
+    at step t, ``last``: after the final step)."""
+    T = len(fed)
+    return [np.stack([last[k][i] if n == T else fed[n][k][i] for i, n in enumerate(lengths)])
+            for k in range(len(last))]
 
 
 def _one(step: StepModel, x: np.ndarray, states: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Split:
-    """Normalised splits. ``X_*`` ``[m, T, F]`` float32 (already normalised), ``y_*`` ``[m]``."""
+    """Normalised splits. ``X_*`` ``[m, T, F]`` float32 (already normalised; a recording
+    shorter than ``T`` is zero-padded after its end), ``y_*`` ``[m]``, ``len_*`` ``[m]``
+    int64: each recording's true length (None: every one is ``T`` long)."""
 
     X_train: np.ndarray
     y_train: np.ndarray
@@ -43,19 +45,52 @@ class Split:
     feature_names: tuple[str, ...]
     classes: int
     source: str
-    class_names: tuple[str, ...] | None = None  # text labels: the name of each class index
+    len_train: np.ndarray | None = None
+    len_val: np.ndarray | None = None
+    len_test: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None  # text labels, index = class (None: the indexes)
+
+    def __post_init__(self) -> None:
+        for part in ("train", "val", "test"):
+            X, n = getattr(self, f"X_{part}"), getattr(self, f"len_{part}")
+            full = np.full(len(X), X.shape[1], np.int64)
+            object.__setattr__(self, f"len_{part}", full if n is None else np.asarray(n, np.int64))
 
     @property
     def steps(self) -> int:
+        """``T``: the longest recording's length (what the full-window model takes)."""
         return int(self.X_train.shape[1])
 
     @property
     def features(self) -> int:
         return int(self.X_train.shape[2])
 
-    def raw(self, X: np.ndarray) -> np.ndarray:
-        """Undo the normalisation: what the device receives from the sensor."""
-        return (X * self.std + self.mean).astype(np.float32)
+    @property
+    def variable_length(self) -> bool:
+        """Whether any recording is shorter than ``steps`` (padded)."""
+        return any(int(n.min()) < self.steps for n in (self.len_train, self.len_val, self.len_test) if len(n))
+
+    def raw(self, X: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """Undo the normalisation: what the device receives from the sensor. With
+        ``lengths`` ``[m]``, the padding after each recording's end stays 0."""
+        out = (X * self.std + self.mean).astype(np.float32)
+        if lengths is not None:
+            out[~step_mask(lengths, X.shape[1])] = 0.0
+        return out
+
+
+def step_mask(lengths: np.ndarray, steps: int) -> np.ndarray:
+    """``[m, steps]`` bool: True where step t is inside recording i (t < lengths[i])."""
+    return np.arange(steps)[None, :] < np.asarray(lengths)[:, None]
+
+
+def pad(X: list[np.ndarray] | tuple[np.ndarray, ...], steps: int | None = None) -> np.ndarray:
+    """Recordings ``[T_i, F]`` -> ``[m, steps, F]`` float32, zeros after each end (post-padding)."""
+    steps = max(len(x) for x in X) if steps is None else steps
+    out = np.zeros((len(X), steps, X[0].shape[1]), np.float32)
+    for i, x in enumerate(X):
+        out[i, : len(x)] = x
+    return out
 
 
 def synthetic(cfg: DataConfig) -> Sequences:
@@ -175,11 +210,15 @@ def manifest_window(spec: WindowSpec, cfg: DataConfig) -> WindowSpec:
 
 
 def split(seqs: Sequences, cfg: DataConfig, *, normalise: bool = True) -> Split:
-    """Shuffle with ``cfg.seed``, split, and compute normalisation from the train split."""
-    X = seqs.as_array()
+    """Stratified split (``_stratified``), normalisation from the training split's true
+    samples, then every recording zero-padded after its end to the longest one's length.
+
+    The padding is added *after* normalisation, so a padded step is 0 in the model's
+    input space; training gives padded steps no weight (``pipeline.fit``) and verification
+    and the report stop each recording at its true length."""
     y = seqs.y
     assert y is not None
-    m = X.shape[0]
+    m = len(seqs)
     if m < cfg.min_sequences:
         raise DataError(
             f"{seqs.source}: {m} sequences is too few to train and verify "
@@ -191,13 +230,13 @@ def split(seqs: Sequences, cfg: DataConfig, *, normalise: bool = True) -> Split:
     missing = sorted(set(range(classes)) - set(int(c) for c in np.unique(y)))
     if missing:
         raise DataError(f"{seqs.source}: class indexes {missing} never occur in y (labels must be 0..{classes - 1})")
-    order = np.random.default_rng(cfg.seed).permutation(m)
-    n_test = max(1, int(round(m * cfg.test_fraction)))
-    n_val = max(1, int(round(m * cfg.val_fraction)))
-    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    F = X.shape[2]
+    test, val, train = _stratified(y, cfg)
+    if not len(val):
+        raise DataError(f"{seqs.source}: no class has the 3 recordings a training, validation and test "
+                        "split each need; add recordings")
+    F = seqs.features
     if normalise:
-        flat = X[train].reshape(-1, F)
+        flat = np.concatenate([seqs.X[i] for i in train]).astype(np.float64)  # true samples only
         mean = flat.mean(axis=0)
         std = flat.std(axis=0)
         std = np.where(std < 1e-6, 1.0, std)
@@ -205,10 +244,44 @@ def split(seqs: Sequences, cfg: DataConfig, *, normalise: bool = True) -> Split:
         mean, std = np.zeros(F), np.ones(F)
     mean = mean.astype(np.float32)
     std = std.astype(np.float32)
-    Xn = ((X - mean) / std).astype(np.float32)
+    lengths = np.array([len(x) for x in seqs.X], np.int64)
+    Xn = pad([((x - mean) / std).astype(np.float32) for x in seqs.X], int(lengths.max()))
+    if len(set(lengths.tolist())) > 1:
+        log.info("recordings of %d..%d samples: zero-padded after their end to %d; padded steps are "
+                 "masked in training and skipped in verification", lengths.min(), lengths.max(), lengths.max())
+    names = getattr(seqs, "class_names", None)
     return Split(
         X_train=Xn[train], y_train=y[train], X_val=Xn[val], y_val=y[val],
         X_test=Xn[test], y_test=y[test], mean=mean, std=std,
         feature_names=seqs.feature_names, classes=classes, source=seqs.source,
-        class_names=seqs.class_names,
+        len_train=lengths[train], len_val=lengths[val], len_test=lengths[test],
+        class_names=tuple(names) if names is not None else None,
     )
+
+
+def _stratified(y: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(test, val, train) indexes: each class split on its own by ``cfg.test_fraction`` and
+    ``cfg.val_fraction`` (shuffled with ``cfg.seed``), so every split holds every class in
+    its share even when classes are few or lopsided. A class of 3 or more recordings has
+    at least one in each split; of 2, one in training and one in test; of 1, training only.
+
+    The validation split is what early stopping, the learning-rate schedule and the
+    quantization recipe search judge by, so it needs enough recordings to mean something:
+    ``val_fraction`` is 0.2 by default, stratified, so even 40 recordings of 4 classes give
+    2 of each class. A single held-out validation split rather than k-fold selection of
+    the epoch count: the weights kept are those of the best validation loss, so no refit
+    (whose last epoch nothing would check) is needed, and the quantized variants' recipe
+    search needs a held-out split of its own anyway."""
+    rng = np.random.default_rng(cfg.seed)
+    parts: list[list[int]] = [[], [], []]
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n = len(idx)
+        n_test = max(1, int(round(n * cfg.test_fraction))) if n >= 2 else 0
+        n_val = max(1, int(round(n * cfg.val_fraction))) if n >= 3 else 0
+        n_test, n_val = min(n_test, n - 1), min(n_val, max(0, n - 1 - n_test))
+        parts[0] += idx[:n_test].tolist()
+        parts[1] += idx[n_test:n_test + n_val].tolist()
+        parts[2] += idx[n_test + n_val:].tolist()
+    test, val, train = (np.array(rng.permutation(p), np.int64) for p in parts)
+    return test, val, train

@@ -34,13 +34,16 @@ class ErrorHistogram:
 
 
 def error_histograms(ref: np.ndarray, outputs: dict[str, np.ndarray],
-                     edges: np.ndarray = ERROR_BINS) -> list[ErrorHistogram]:
-    """One histogram per variant of ``outputs`` (``[m, T, units]`` like ``ref``)."""
+                     edges: np.ndarray = ERROR_BINS, lengths: np.ndarray | None = None) -> list[ErrorHistogram]:
+    """One histogram per variant of ``outputs`` (``[m, T, units]`` like ``ref``); with
+    ``lengths`` ``[m]``, over each sequence's true steps only."""
     hists = []
+    inside = np.ones(ref.shape[:2], bool) if lengths is None else \
+        np.arange(ref.shape[1])[None] < np.asarray(lengths)[:, None]
     for name, ys in outputs.items():
         if ys.shape != ref.shape:
             raise ValueError(f"{name} outputs {ys.shape} do not match the reference {ref.shape}")
-        d = np.abs(ys.astype(np.float64) - ref.astype(np.float64)).max(axis=-1).reshape(-1)
+        d = np.abs(ys.astype(np.float64) - ref.astype(np.float64)).max(axis=-1)[inside]
         clipped = np.clip(d, edges[0], edges[-1])
         counts, _ = np.histogram(clipped, bins=edges)
         hists.append(ErrorHistogram(name, counts, edges, int(d.size), int(np.count_nonzero(d == 0)),
@@ -92,18 +95,21 @@ def pick_sequences(ref: np.ndarray, outputs: dict[str, np.ndarray], labels: np.n
 
 
 def sequence_panels(ref: np.ndarray, outputs: dict[str, np.ndarray], labels: np.ndarray,
-                    kind: str, class_names: list[str], count: int = 4) -> list[SequencePanel]:
-    """Panels for ``pick_sequences``; ``ref``/``outputs`` ``[m, T, units]``, ``labels`` ``[m]``."""
+                    kind: str, class_names: list[str], count: int = 4,
+                    lengths: np.ndarray | None = None) -> list[SequencePanel]:
+    """Panels for ``pick_sequences``; ``ref``/``outputs`` ``[m, T, units]``, ``labels`` ``[m]``;
+    ``lengths`` ``[m]``: each sequence's true length (its panel ends there)."""
     units = ref.shape[-1]
     panels = []
     for i in pick_sequences(ref, outputs, labels, count):
         label = int(labels[i])
+        n = ref.shape[1] if lengths is None else int(lengths[i])
         unit = plotted_unit(kind, units, label)
         unit_name = f"P({class_names[1]})" if units == 1 else f"P({class_names[unit]})"
-        keras = ref[i, :, unit].astype(np.float64)
-        ys = {name: out[i, :, unit].astype(np.float64) for name, out in outputs.items()}
+        keras = ref[i, :n, unit].astype(np.float64)
+        ys = {name: out[i, :n, unit].astype(np.float64) for name, out in outputs.items()}
         panels.append(SequencePanel(i, label, class_names[label], unit, unit_name,
-                                    np.arange(1, ref.shape[1] + 1), keras, ys,
+                                    np.arange(1, n + 1), keras, ys,
                                     {name: y - keras for name, y in ys.items()},
                                     decision_threshold(kind, units)))
     return panels

@@ -211,7 +211,7 @@ def quantization_aware_finetune(model: keras.Model, data: Split, cfg: TrainConfi
         history["qat_task_loss"].append(sums[0] / steps)
         history["qat_drift"].append(sums[1] / steps)
         ranges = calibrate(calibration)
-        log.debug("qat epoch %d: task loss %.4f, int8 drift %.3g", epoch + 1, *sums / steps)
+        log.info("fine-tuning epoch %d/%d: task loss %.4f, int8 drift %.3g", epoch + 1, cfg.qat_epochs, *sums / steps)
     after = validate(ranges)
     kept = after["score"] < before["score"] and after["accuracy"] >= before["accuracy"] - 0.005
     if not kept:

@@ -111,7 +111,8 @@ class Search:
         qc = cfg.quantize
         self.X = sp.X_val[: qc.search_sequences].astype(np.float32)
         self.y = sp.y_val[: qc.search_sequences]
-        self.stream = long_stream(sp.X_val, qc.search_stream_steps, seed=qc.seed + 2)
+        self.lengths = sp.len_val[: qc.search_sequences]  # true lengths: padding is not judged
+        self.stream = long_stream(sp.X_val, qc.search_stream_steps, seed=qc.seed + 2, lengths=sp.len_val)
         self.ref = keras_sequence_outputs(model, self.X)
         self.stream_ref = keras_sequence_outputs(model, self.stream)
 
@@ -126,7 +127,8 @@ class Search:
         if key not in self._calibration:
             qc = self.cfg.quantize
             qc = replace(qc, calibration_stream_steps=qc.calibration_stream_steps * r.stream_factor)
-            rows = conv.calibration_inputs(self.step_model(r.layout)[0], conv.calibration_set(self.sp.X_train, qc))
+            cal = conv.calibration_set(self.sp.X_train, qc, self.sp.len_train)
+            rows = conv.calibration_inputs(self.step_model(r.layout)[0], cal)
             self._calibration[key] = trim_rows(rows, self.step_model(r.layout)[0], r.trim)
         return self._calibration[key]
 
@@ -138,7 +140,8 @@ class Search:
         except Exception as e:  # a candidate the converter or the interpreter refuses is a result
             log.info("recipe %s for %s: %s", r.name, variant, e)
             return Tried(r, None, {"status": "error", "error": f"{type(e).__name__}: {e}"[:300]})
-        f = judge(variant, self.step_kind(step), self.ref, ys, self.stream_ref, stream_ys, self.y, self.cfg.verify)
+        f = judge(variant, self.step_kind(step), self.ref, ys, self.stream_ref, stream_ys, self.y, self.cfg.verify,
+                  self.lengths)
         bars = bars_for(variant, self.cfg.verify)
         f["missed"] = len(f["failed"]) if f["judgeable"] else len(bars)
         f["worst"] = worst_share(bars, f)

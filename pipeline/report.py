@@ -93,14 +93,17 @@ def plot_training(path: Path, panels: list[TrainingPanel]) -> None:
 
 
 def write_report(directory: Path, manifest: dict, results: dict[str, dict], ref: np.ndarray,
-                 outputs: dict[str, np.ndarray], labels: np.ndarray, history: dict | None) -> Path:
+                 outputs: dict[str, np.ndarray], labels: np.ndarray, history: dict | None,
+                 lengths: np.ndarray | None = None) -> Path:
     """``report.md`` and its plots; ``ref``/``outputs`` ``[m, T, units]`` over every test
-    sequence, ``labels`` ``[m]`` their true class indexes."""
+    sequence, ``labels`` ``[m]`` their true class indexes, ``lengths`` ``[m]`` their true
+    lengths (None: all T)."""
     directory.mkdir(parents=True, exist_ok=True)
     out = manifest["outputs"][0]
     names = list(out.get("labels") or []) or [str(c) for c in range(max(2, out["units"]))]
-    plot_sequences(directory / "sequences.png", sequence_panels(ref, outputs, labels, out["kind"], names))
-    plot_errors(directory / "quantization_error.png", error_histograms(ref, outputs))
+    plot_sequences(directory / "sequences.png",
+                   sequence_panels(ref, outputs, labels, out["kind"], names, lengths=lengths))
+    plot_errors(directory / "quantization_error.png", error_histograms(ref, outputs, lengths=lengths))
     images = ["sequences.png", "quantization_error.png"]
     panels = training_panels(history or {})
     if panels:
@@ -115,6 +118,7 @@ def write_report(directory: Path, manifest: dict, results: dict[str, dict], ref:
         f"- default variant: **{manifest['default_variant']}**", "",
         "## Verification (through the runtime engine, against Keras)", "",
         "```", table(results), "```", "",
+        *trust(results, labels, lengths),
     ]
     for v, f in results.items():
         spec = manifest["variants"][v]
@@ -138,6 +142,26 @@ def write_report(directory: Path, manifest: dict, results: dict[str, dict], ref:
     path = directory / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def trust(results: dict[str, dict], labels: np.ndarray, lengths: np.ndarray | None) -> list[str]:
+    """How much the test accuracy says: how many test recordings it counts, and each
+    variant's 95 % confidence interval (Wilson) for the accuracy on recordings like them."""
+    m = len(labels)
+    span = "" if lengths is None or not len(lengths) else \
+        f", {int(np.min(lengths))}..{int(np.max(lengths))} samples each, judged at each one's true last sample"
+    lines = [f"Test accuracy is measured on **{m} held-out test recordings**{span}; "
+             "the range is its 95 % confidence interval (Wilson): the accuracy on new recordings like "
+             "these lies there with 95 % confidence.", ""]
+    for v, f in results.items():
+        if "accuracy_ci95" in f:
+            lo, hi = f["accuracy_ci95"]
+            lines.append(f"- {v}: accuracy {f['accuracy'] * 100:.1f} % "
+                         f"({int(round(f['accuracy'] * m))} of {m}), 95 % CI {lo * 100:.1f} .. {hi * 100:.1f} %")
+    if m < 100:
+        lines.append(f"- with {m} test recordings one recording moves the figure by {100 / max(m, 1):.1f} points: "
+                     "compare builds by the interval, not the figure")
+    return lines + [""]
 
 
 def table(results: dict[str, dict]) -> str:

@@ -1,6 +1,7 @@
 """Training the full-window Keras model (the default job, or a user's architecture).
 
-After the usual fit, the model is fine-tuned quantization-aware (``pipeline.qat``,
+The fit itself (loss at each recording's true last step, schedule, early stopping) is
+``pipeline.fit``. After it, the model is fine-tuned quantization-aware (``pipeline.qat``,
 ``TrainConfig.qat_*``) where that applies.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.data import Split
+from pipeline.fit import fit
 from pipeline.qat import quantization_aware_finetune
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,16 @@ class TrainResult:
     finetuning: dict | None = None  # quantization_aware_finetune's summary, if it ran
 
 
-def build_model(cfg: ModelConfig, steps: int | None, features: int, classes: int) -> keras.Model:
-    """Stacked recurrent layers -> Dense (sigmoid for 2 classes, softmax for more)."""
+def build_model(cfg: ModelConfig, steps: int | None, features: int, classes: int,
+                every_step: bool = False) -> keras.Model:
+    """Stacked recurrent layers -> Dense (sigmoid for 2 classes, softmax for more).
+    ``every_step``: the last recurrent layer returns every step too (the training twin of
+    ``pipeline.fit``: an output ``[m, T, k]``, same weights)."""
     layers: list[keras.layers.Layer] = [keras.Input((steps, features), name="samples")]
     rnn = _LAYERS[cfg.kind]
     for i, units in enumerate(cfg.units):
         last = i == len(cfg.units) - 1
-        layers.append(rnn(int(units), return_sequences=not last, name=f"{cfg.kind}_{i}"))
+        layers.append(rnn(int(units), return_sequences=every_step or not last, name=f"{cfg.kind}_{i}"))
         if cfg.dropout > 0 and not last:
             layers.append(keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}"))
     if classes == 2:
@@ -49,29 +54,25 @@ def build_model(cfg: ModelConfig, steps: int | None, features: int, classes: int
 
 def train(data: Split, model_cfg: ModelConfig, cfg: TrainConfig,
           calibration=None) -> TrainResult:
-    """Fit, then fine-tune quantization-aware (``calibration``: what the converter will
-    calibrate on, a ``pipeline.convert.Calibration``)."""
+    """Fit (``pipeline.fit``), then fine-tune quantization-aware (``calibration``: what the
+    converter will calibrate on, a ``pipeline.convert.Calibration``) where that applies."""
     keras.utils.set_random_seed(cfg.seed)
+    twin = build_model(model_cfg, data.steps, data.features, data.classes, every_step=True)
+    log.info("model: %s %s, %d features -> %d classes", model_cfg.kind, list(model_cfg.units), data.features,
+             data.classes)
+    fitted = fit(twin, data, cfg)
     model = build_model(model_cfg, data.steps, data.features, data.classes)
-    loss = "binary_crossentropy" if data.classes == 2 else "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=loss, metrics=["accuracy"])
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                         restore_best_weights=True)
-    y_train = data.y_train.astype(np.float32 if data.classes == 2 else np.int64)
-    y_val = data.y_val.astype(y_train.dtype)
-    log.info("training %s on %d sequences (%d validation), up to %d epochs",
-             model_cfg.kind, len(data.X_train), len(data.X_val), cfg.epochs)
-    hist = model.fit(data.X_train, y_train, validation_data=(data.X_val, y_val),
-                     epochs=cfg.epochs, batch_size=cfg.batch_size, callbacks=[stop],
-                     verbose=cfg.verbose, shuffle=True)
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    best = int(np.argmin(history["val_loss"])) + 1
-    log.info("best epoch %d of %d: val_loss %.4f val_accuracy %.4f", best, len(history["val_loss"]),
-             history["val_loss"][best - 1], history["val_accuracy"][best - 1])
-    finetuning = quantization_aware_finetune(model, data, cfg, calibration) if cfg.qat_epochs > 0 else None
+    model.set_weights(twin.get_weights())
+    history = fitted.history
+    if cfg.qat_epochs > 0 and data.variable_length:
+        log.info("quantization-aware fine-tuning skipped: it trains on full windows, and these recordings "
+                 "have different lengths")
+        finetuning = None
+    else:
+        finetuning = quantization_aware_finetune(model, data, cfg, calibration) if cfg.qat_epochs > 0 else None
     if finetuning:
         history.update(finetuning["history"])
-    return TrainResult(model, history, best, len(history["val_loss"]),
+    return TrainResult(model, history, fitted.best_epoch, len(history["val_loss"]),
                        finetuning["summary"] if finetuning else None)
 
 

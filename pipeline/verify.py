@@ -79,15 +79,29 @@ def compare(ref: np.ndarray, got: np.ndarray, kind: str, margin: float, prefix: 
     } | decision_figures(ref, got, kind, margin, prefix)
 
 
-def long_stream(X: np.ndarray, steps: int, seed: int) -> np.ndarray:
-    """``[1, steps, F]``: test sequences back to back in a random order, no resets."""
+def long_stream(X: np.ndarray, steps: int, seed: int, lengths: np.ndarray | None = None) -> np.ndarray:
+    """``[1, steps, F]``: test sequences back to back in a random order, no resets (each
+    up to its true length ``lengths[i]``, when given: the padding is not streamed)."""
     rng = np.random.default_rng(seed)
-    order = rng.integers(0, X.shape[0], size=steps // X.shape[1] + 1)
-    return X[order].reshape(1, -1, X.shape[2])[:, :steps].astype(np.float32)
+    lengths = np.full(X.shape[0], X.shape[1]) if lengths is None else np.asarray(lengths)
+    order = rng.integers(0, X.shape[0], size=steps // int(lengths.min()) + 1)
+    return np.concatenate([X[i, : lengths[i]] for i in order])[None, :steps].astype(np.float32)
 
 
-def engine_outputs(artifacts: Path, variant: str, X_raw: np.ndarray) -> tuple[np.ndarray, float, str]:
-    """Run raw (un-normalised) sequences ``[m, T, F]`` through the runtime engine.
+def true_steps(lengths: np.ndarray | None, m: int, T: int) -> np.ndarray:
+    """``[m, T]`` bool: the steps inside each sequence (all, without ``lengths``)."""
+    return np.ones((m, T), bool) if lengths is None else np.arange(T)[None] < np.asarray(lengths)[:, None]
+
+
+def last_steps(y: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """``[m, units]``: each sequence's output at its true last step, from ``y`` ``[m, T, units]``."""
+    return y[:, -1] if lengths is None else y[np.arange(len(y)), np.asarray(lengths) - 1]
+
+
+def engine_outputs(artifacts: Path, variant: str, X_raw: np.ndarray,
+                   lengths: np.ndarray | None = None) -> tuple[np.ndarray, float, str]:
+    """Run raw (un-normalised) sequences ``[m, T, F]`` through the runtime engine; with
+    ``lengths`` ``[m]``, each only up to its true length (the outputs after it are 0).
 
     Each sequence from a reset state through a single-stream engine, one sample at a time
     (``runtime.replay.replay``, what the device does): ``[m, T, units]``. A window-head
@@ -97,8 +111,14 @@ def engine_outputs(artifacts: Path, variant: str, X_raw: np.ndarray) -> tuple[np
     """
     reset = None if load_contract(artifacts).window.mode == "window_head" else "never"
     engine = Engine.load(artifacts, variant=variant, lanes=1, reset=reset)
-    ys = replay(engine, X_raw).as_array()
-    return ys, _latency_us(artifacts, variant, X_raw, reset=reset), engine.backend
+    if lengths is None:
+        ys = replay(engine, X_raw).as_array()
+    else:
+        ys = np.zeros((*X_raw.shape[:2], engine.contract.output.units), np.float32)
+        for i, y in enumerate(replay(engine, [x[:n] for x, n in zip(X_raw, lengths)]).y):
+            ys[i, : len(y)] = y
+    samples = X_raw[true_steps(lengths, *X_raw.shape[:2])]
+    return ys, _latency_us(artifacts, variant, samples[None], reset=reset), engine.backend
 
 
 def _latency_us(artifacts: Path, variant: str, X_raw: np.ndarray, steps: int = 2000,
@@ -115,21 +135,27 @@ def _latency_us(artifacts: Path, variant: str, X_raw: np.ndarray, steps: int = 2
 
 def verify_variant(artifacts: Path, variant: str, kind: str, X_raw: np.ndarray, ref: np.ndarray,
                    stream_raw: np.ndarray, stream_ref: np.ndarray, y_true: np.ndarray,
-                   cfg: VerifyConfig) -> dict:
-    ys, latency, backend = engine_outputs(artifacts, variant, X_raw)
+                   cfg: VerifyConfig, lengths: np.ndarray | None = None) -> dict:
+    ys, latency, backend = engine_outputs(artifacts, variant, X_raw, lengths)
     stream_ys, _, _ = engine_outputs(artifacts, variant, stream_raw)
-    figures = judge(variant, kind, ref, ys, stream_ref, stream_ys, y_true, cfg)
-    return figures | {"latency_us": latency, "backend": backend}
+    figures = judge(variant, kind, ref, ys, stream_ref, stream_ys, y_true, cfg, lengths)
+    return figures | {"latency_us": latency, "backend": backend, "outputs": ys}
 
 
 def judge(variant: str, kind: str, ref: np.ndarray, ys: np.ndarray, stream_ref: np.ndarray,
-          stream_ys: np.ndarray, y_true: np.ndarray, cfg: VerifyConfig) -> dict:
+          stream_ys: np.ndarray, y_true: np.ndarray, cfg: VerifyConfig,
+          lengths: np.ndarray | None = None) -> dict:
     """The figures and the verdict of one variant's outputs ``ys`` ``[m, T, units]`` on the
     test windows and ``stream_ys`` ``[1, steps, units]`` on the no-reset stream, against
-    the Keras outputs ``ref``/``stream_ref`` and the labels ``y_true`` ``[m]``."""
-    figures = compare(ref, ys, kind, cfg.decisive_margin)
+    the Keras outputs ``ref``/``stream_ref`` and the labels ``y_true`` ``[m]``. With
+    ``lengths`` ``[m]``, only each window's true steps count, and its accuracy is that at
+    its true last step."""
+    inside = true_steps(lengths, *ref.shape[:2])
+    figures = compare(ref[inside], ys[inside], kind, cfg.decisive_margin)
     figures |= compare(stream_ref, stream_ys, kind, cfg.decisive_margin, prefix="drift_")
-    figures |= accuracy_figures(ref[:, -1], ys[:, -1], y_true, kind)
+    figures |= accuracy_figures(last_steps(ref, lengths), last_steps(ys, lengths), y_true, kind)
+    figures |= {"test_sequences": int(len(y_true)),
+                "accuracy_ci95": list(wilson_interval(figures["accuracy"], len(y_true)))}
     bars = bars_for(variant, cfg)
     failed = [f"{b.name}: {b.figure}={figures[b.figure]:.6g}, bar {b.describe()}"
               for b in bars if not b.passes(figures[b.figure])]
@@ -144,30 +170,46 @@ def judge(variant: str, kind: str, ref: np.ndarray, ys: np.ndarray, stream_ref: 
     return figures
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % for ``z`` 1.96) of a share ``p`` measured on ``n``
+    trials: how far a test accuracy on ``n`` recordings can be from the true one."""
+    if n <= 0 or not np.isfinite(p):
+        return (0.0, 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
 def load_reference(artifacts: Path):
-    """The manifest, the Keras model and the stored test set of a built artifacts folder."""
+    """The manifest, the Keras model and the stored test set of a built artifacts folder:
+    raw ``X`` ``[m, T, F]``, ``y`` ``[m]`` and the true ``lengths`` ``[m]`` (None: all T)."""
     contract = load_contract(artifacts)
     model = load_keras_model(artifacts / MODEL_FILE)
     with np.load(artifacts / TEST_DATA, allow_pickle=False) as z:
         X_raw, y = z["X"].astype(np.float32), z["y"]
-    return contract, model, X_raw, y
+        lengths = z["lengths"].astype(np.int64) if "lengths" in z.files else None
+    if lengths is not None and int(lengths.min()) == X_raw.shape[1]:
+        lengths = None
+    return contract, model, X_raw, y, lengths
 
 
 def verify_all(artifacts: Path, cfg: VerifyConfig, *, report: bool = False,
                history: dict | None = None, variants: list[str] | None = None) -> dict[str, dict]:
     """Verify every variant of ``artifacts``; optionally write ``report/``."""
     artifacts = Path(artifacts)
-    contract, model, X_raw, y = load_reference(artifacts)
+    contract, model, X_raw, y, lengths = load_reference(artifacts)
     kind = contract.output.kind
-    ref = keras_sequence_outputs(model, contract.input.normalise(X_raw))
-    stream_raw = long_stream(X_raw, cfg.drift_steps, seed=0)
+    ref = np.array(keras_sequence_outputs(model, contract.input.normalise(X_raw)))
+    ref[~true_steps(lengths, *ref.shape[:2])] = 0.0  # after a recording's end: not compared
+    stream_raw = long_stream(X_raw, cfg.drift_steps, seed=0, lengths=lengths)
     stream_ref = keras_sequence_outputs(model, contract.input.normalise(stream_raw))
     results, outputs = {}, {}
-    for v in variants or list(contract.variants):
-        log.info("verifying %s", v)
-        results[v] = verify_variant(artifacts, v, kind, X_raw, ref, stream_raw, stream_ref, y, cfg)
-        if report:
-            outputs[v] = engine_outputs(artifacts, v, X_raw)[0]
+    names = variants or list(contract.variants)
+    for n, v in enumerate(names, 1):
+        log.info("verifying %s (%d of %d): %d test recordings, a %d-step stream", v, n, len(names), len(y),
+                 stream_raw.shape[1])
+        results[v] = verify_variant(artifacts, v, kind, X_raw, ref, stream_raw, stream_ref, y, cfg, lengths)
+        outputs[v] = results[v].pop("outputs")
     if report:
-        write_report(artifacts / "report", contract.to_dict(), results, ref, outputs, y, history)
+        write_report(artifacts / "report", contract.to_dict(), results, ref, outputs, y, history, lengths)
     return results

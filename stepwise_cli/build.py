@@ -55,6 +55,11 @@ def _data_overrides(features: str | None, **values) -> dict:
 def _summary(result) -> None:
     c = result.contract
     click.echo(table(result.results))
+    f32 = result.results.get("float32", {})
+    if "accuracy_ci95" in f32:
+        lo, hi = f32["accuracy_ci95"]
+        click.echo(f"test accuracy {f32['accuracy'] * 100:.1f} % on {f32['test_sequences']} held-out recordings "
+                   f"(95 % CI {lo * 100:.1f} .. {hi * 100:.1f} %)")
     for v, f in result.results.items():
         for line in f["failed"]:
             click.echo(f"bar missed: {line}" if f["status"] == "fail" else line)

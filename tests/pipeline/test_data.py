@@ -112,7 +112,7 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     p.write_text("[train]\nepochs = 3\n[model]\nunits = [4]\n")
     cfg = load_config(p)
     assert cfg.train.epochs == 3 and cfg.model.units == (4,)
-    assert load_config().train.epochs == 60  # the defaults
+    assert load_config().train.epochs == 200  # the defaults
     res = CliRunner().invoke(cli, ["build", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")])
     assert res.exit_code == ConfigError.exit_code and "does not exist" in res.output
 

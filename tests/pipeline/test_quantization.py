@@ -26,7 +26,7 @@ from runtime.errors import ConfigError
 def small():
     """A small stacked LSTM trained briefly (no fine-tuning), its data and config."""
     cfg = load_config(data={"sequences": 500, "seed": 3}, model={"units": [12, 6]},
-                      train={"epochs": 8, "verbose": 0, "qat_epochs": 0})
+                      train={"epochs": 16, "verbose": 0, "qat_epochs": 0})
     sp = split(synthetic(cfg.data), cfg.data)
     return cfg, sp, train(sp, cfg.model, cfg.train).model
 
