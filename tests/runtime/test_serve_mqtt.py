@@ -305,3 +305,16 @@ def test_home_assistant_discovery_config_is_retained_per_stream(tiny_artifacts, 
         "device": {"identifiers": ["stepwise_t_pump-1_a"], "name": "pump-1.a",
                    "manufacturer": "stepwise", "model": f"step model {eng.model_sha256[:12]}"},
         "icon": "mdi:chart-bell-curve-cumulative"})]
+
+
+def test_many_stream_options_are_checked_at_the_command_line(tiny_artifacts, tmp_path):
+    from click.testing import CliRunner
+
+    from stepwise_cli.main import cli
+
+    r = CliRunner().invoke(cli, ["serve", "--artifacts", str(tiny_artifacts), "--port", "loop://",
+                                 "--ha-discovery", "homeassistant"])
+    assert r.exit_code == 2 and "--ha-discovery needs --mqtt" in r.output
+    r = CliRunner().invoke(cli, ["serve", "--artifacts", str(tiny_artifacts), "--mqtt",
+                                 "mqtt://127.0.0.1:1/t", "--mqtt-qos", "2"])
+    assert r.exit_code == 2 and "--mqtt-qos" in r.output
