@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,6 +265,7 @@ def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: f
                 d.send_signal(signal.SIGTERM)
             for d in daemons:
                 d.wait(60)
+    shutil.rmtree(work, ignore_errors=True)
     out = summarize(artifacts, pool, streams, rate, sent, collector.records(), warmup,
                     {k: cpu1[k] - cpu0[k] for k in cpu0}, wall, wall_send, scraped, rss)
     out["phases"] = slots

@@ -76,6 +76,19 @@ class Sensors:
         self.client.loop_stop()
 
 
+RUNNING: list = []  # daemons of the current test, killed at its end if still running
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left():
+    yield
+    while RUNNING:
+        proc = RUNNING.pop().proc
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 class Daemon:
     def __init__(self, artifacts, broker, state: Path, *extra: str, prefix="t"):
         cmd = [sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts),
@@ -83,6 +96,7 @@ class Daemon:
                "--checkpoint-interval", "0.3", "--status-interval", "0.5", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
+        RUNNING.append(self)
         self.log: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
