@@ -100,7 +100,7 @@ bench: $(VENV)/.installed $(DEVICE_VENV)/.installed
 	$(VENV)/bin/python -m bench.run --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python
 	@$(MAKE) --no-print-directory tools
 	$(VENV)/bin/python -m bench.streams all --artifacts $(ARTIFACTS) --device-python $(DEVICE_VENV)/bin/python \
-		--streams 1000 --rates 50,20,10,5 --seconds 60 --clients bulk --qos-list 1,0 --compare 20,100
+		--streams 1000 --rates 50,10,5,2 --seconds 60 --clients bulk --qos-list 1,0 --compare 10,50
 	$(DEVICE_VENV)/bin/python -m bench.fuzz --artifacts $(ARTIFACTS)
 
 windowhead: $(VENV)/.installed

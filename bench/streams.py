@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,6 +265,7 @@ def load_run(artifacts: Path, python: str, streams: int, rate: float, seconds: f
                 d.send_signal(signal.SIGTERM)
             for d in daemons:
                 d.wait(60)
+    shutil.rmtree(work, ignore_errors=True)
     out = summarize(artifacts, pool, streams, rate, sent, collector.records(), warmup,
                     {k: cpu1[k] - cpu0[k] for k in cpu0}, wall, wall_send, scraped, rss)
     out["phases"] = slots
@@ -375,12 +377,13 @@ def pipeline_table(pipes: list[dict]) -> str:
 
 def run_all(a) -> int:
     """Engine rows in the device environment, then each load run; the table on stdout."""
-    cmd = [a.device_python, "-m", "bench.streams", "engine", "--artifacts", str(a.artifacts),
-           "--streams", str(a.streams), "--steps", str(a.steps)]
-    engine = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
-                                       text=True).stdout)
-    pipes = []
-    for phases in (20, 4):
+    engine, pipes = None, []
+    if not a.loads_only:
+        cmd = [a.device_python, "-m", "bench.streams", "engine", "--artifacts", str(a.artifacts),
+               "--streams", str(a.streams), "--steps", str(a.steps)]
+        engine = json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
+                                           text=True).stdout)
+    for phases in () if a.loads_only else (20, 4):
         cmd = [a.device_python, "-m", "bench.streams", "pipeline", "--artifacts",
                str(a.artifacts), "--streams", str(a.streams), "--rate", "30", "--phases", str(phases)]
         pipes.append(json.loads(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
@@ -401,8 +404,9 @@ def run_all(a) -> int:
             print(json.dumps(r), file=sys.stderr)
             runs.append(r)
     print(table(engine, runs))
-    print()
-    print(pipeline_table(pipes))
+    if pipes:
+        print()
+        print(pipeline_table(pipes))
     return 0
 
 
@@ -419,6 +423,8 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=lambda t: t.split(","), default=["auto"],
                    help="all: the daemon's --mqtt-client values to run, comma-separated")
     p.add_argument("--mqtt-client", default="auto", help="load: the daemon's --mqtt-client")
+    p.add_argument("--loads-only", action="store_true",
+                   help="all: only the load runs (no engine and pipeline rows)")
     p.add_argument("--per-process", action="store_true",
                    help="load: one daemon per stream (each under its own prefix)")
     p.add_argument("--compare", type=lambda t: [int(v) for v in t.split(",") if v], default=[],

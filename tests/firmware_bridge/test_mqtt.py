@@ -1,6 +1,7 @@
 """The MQTT source against a real Mosquitto broker (the ``broker`` fixture)."""
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -185,3 +186,17 @@ def test_unreachable_broker_is_a_port_error(kind):
 
     with pytest.raises(PortError, match="not reachable"):
         open_source(f"mqtt://127.0.0.1:{free_port()}", kind).start(timeout=0.5)
+
+
+def test_bulk_source_keeps_an_idle_connection_alive_and_notices_a_silent_broker(broker):
+    src = BulkMqttSource(broker.url + "/test", NAMES, keepalive=1).start()
+    assert wait_until(src, lambda: False, 3.0) is False  # 3 keep-alive periods, no traffic
+    assert src.connected.is_set() and src.counters["disconnects"] == 0
+    broker._proc.send_signal(signal.SIGSTOP)  # the broker hangs: nothing comes back
+    try:
+        assert wait_until(src, lambda: not src.connected.is_set(), 5.0)
+    finally:
+        broker._proc.send_signal(signal.SIGCONT)
+    assert wait_until(src, src.connected.is_set, 10.0)
+    src.close()
+    assert src.counters["connects"] == 2 and src.counters["disconnects"] == 1

@@ -76,6 +76,19 @@ class Sensors:
         self.client.loop_stop()
 
 
+RUNNING: list = []  # daemons of the current test, killed at its end if still running
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_left():
+    yield
+    while RUNNING:
+        proc = RUNNING.pop().proc
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 class Daemon:
     def __init__(self, artifacts, broker, state: Path, *extra: str, prefix="t"):
         cmd = [sys.executable, "-m", "stepwise_cli", "serve", "--artifacts", str(artifacts),
@@ -83,6 +96,7 @@ class Daemon:
                "--checkpoint-interval", "0.3", "--status-interval", "0.5", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
+        RUNNING.append(self)
         self.log: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -305,3 +319,16 @@ def test_home_assistant_discovery_config_is_retained_per_stream(tiny_artifacts, 
         "device": {"identifiers": ["stepwise_t_pump-1_a"], "name": "pump-1.a",
                    "manufacturer": "stepwise", "model": f"step model {eng.model_sha256[:12]}"},
         "icon": "mdi:chart-bell-curve-cumulative"})]
+
+
+def test_many_stream_options_are_checked_at_the_command_line(tiny_artifacts, tmp_path):
+    from click.testing import CliRunner
+
+    from stepwise_cli.main import cli
+
+    r = CliRunner().invoke(cli, ["serve", "--artifacts", str(tiny_artifacts), "--port", "loop://",
+                                 "--ha-discovery", "homeassistant"])
+    assert r.exit_code == 2 and "--ha-discovery needs --mqtt" in r.output
+    r = CliRunner().invoke(cli, ["serve", "--artifacts", str(tiny_artifacts), "--mqtt",
+                                 "mqtt://127.0.0.1:1/t", "--mqtt-qos", "2"])
+    assert r.exit_code == 2 and "--mqtt-qos" in r.output
