@@ -7,7 +7,8 @@ writes, for each data set, ``DIR/<name>/``:
 - ``train.csv`` or ``train.npz``: what ``stepwise build --data`` gets. BasicMotions and
   SpokenDigits as a CSV log (one sample per row: ``sequence``, ``label``, one column per
   channel); JapaneseVowels as an ``.npz`` (``X`` ``[m, T_max, F]`` zero-padded after each
-  recording's end, ``lengths`` ``[m]``, ``y`` ``[m]`` class index, ``feature_names``).
+  recording's end, ``lengths`` ``[m]``, ``y`` ``[m]`` class index, ``class_names``,
+  ``feature_names``).
   ``--labels index`` writes class indexes instead of text labels in the CSVs.
 - ``test.npz``: the held-out recordings, never seen by a build: ``X`` (raw, zero-padded),
   ``lengths``, ``y`` (index into ``class_names``, the sorted text labels), ``feature_names``,
@@ -94,7 +95,7 @@ def prepare(rec: Recordings, folder: Path, labels: str = "names") -> Prepared:
         write_csv(train, rec.train, file_labels(key, rec.labels_train, names, labels), rec.feature_names)
     else:
         train = folder / "train.npz"
-        write_npz(train, rec.train, class_indexes(rec.labels_train, names), rec.feature_names)
+        write_npz(train, rec.train, class_indexes(rec.labels_train, names), rec.feature_names, names)
     test = folder / "test.npz"
     write_npz(test, rec.test, class_indexes(rec.labels_test, names), rec.feature_names, names)
     lengths = rec.lengths
@@ -104,7 +105,7 @@ def prepare(rec: Recordings, folder: Path, labels: str = "names") -> Prepared:
         "length_min": int(lengths.min()), "length_max": int(lengths.max()),
         "channels": len(rec.feature_names), "classes": len(names), "class_names": list(names),
         "feature_names": list(rec.feature_names), "train_file": train.name, "test_file": test.name,
-        "labels": labels if key in CSV_SETS and key not in INTEGER_LABELS else "index",
+        "labels": "index" if key in INTEGER_LABELS or (key in CSV_SETS and labels == "index") else "names",
     }
     (folder / "info.json").write_text(json.dumps(info, indent=1) + "\n")
     return Prepared(rec.name, train, test, info)

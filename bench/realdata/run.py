@@ -193,13 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and key not in args.only:
             continue
         rows.append(run_one(key, args.out, cache, args, code))
-    result = {"meta": code, "bar_points": BAR_POINTS, "rows": rows}
-    text = report.markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "realdata.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    (args.out / "realdata.md").write_text(text)
+        text = write(args.out, {"meta": code, "bar_points": BAR_POINTS, "rows": rows})  # after each row
     print(text)
     return 0
+
+
+def write(out: Path, result: dict) -> str:
+    text = report.markdown(result)
+    (out / "realdata.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (out / "realdata.md").write_text(text)
+    return text
 
 
 def meta() -> dict:

@@ -75,6 +75,8 @@ def test_basic_motions_csv_carries_text_labels_by_default(cache, tmp_path):
     rows = p.train_file.read_text().splitlines()
     assert rows[0] == "sequence,label,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z"
     assert [r.split(",")[1] for r in rows[1::100]] == ["walking", "running", "walking", "running"]
+    seqs = read_sequences(p.train_file, require_labels=True)
+    assert seqs.class_names == ("running", "walking") and seqs.y.tolist() == [1, 0, 1, 0]
 
 
 def test_japanese_vowels_becomes_a_padded_npz_with_lengths(cache, tmp_path):
@@ -83,12 +85,16 @@ def test_japanese_vowels_becomes_a_padded_npz_with_lengths(cache, tmp_path):
     with np.load(p.train_file, allow_pickle=False) as z:
         X, lengths, y = z["X"], z["lengths"], z["y"]
         assert z["feature_names"].tolist() == [f"lpc{i}" for i in range(1, 13)]
+        assert z["class_names"].tolist() == ["speaker1", "speaker2", "speaker3"]
     assert X.shape == (5, int(lengths.max()), 12) and lengths.tolist() == [len(x) for x in rec.train]
     assert all(7 <= n <= 12 for n in lengths)
     for x, n, orig in zip(X, lengths, rec.train):
         np.testing.assert_array_equal(x[:n], orig)
         assert not x[n:].any()  # zeros after each recording's end
     assert y.tolist() == [0, 1, 2, 0, 1]  # speaker1..speaker3
+    seqs = read_sequences(p.train_file, require_labels=True)  # what a build reads: the true lengths
+    assert [len(x) for x in seqs.X] == lengths.tolist() and seqs.class_names == ("speaker1", "speaker2", "speaker3")
+    np.testing.assert_array_equal(seqs.X[0], rec.train[0])
 
 
 def test_held_out_part_is_kept_apart_with_its_class_names(cache, tmp_path):
