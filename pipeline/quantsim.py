@@ -119,7 +119,6 @@ class StepSim:
                 prefix += ".ln" if f"{prefix}.ln" not in dict(self.blocks) else f".ln{len(self.blocks)}"
             self.blocks.append((prefix, layer))
         self.recurrent = [la for _, la in self.blocks if isinstance(la, RECURRENT)]
-        self.lstms = self.recurrent  # the name the LSTM-only simulation used
         self.trained = [la for _, la in self.blocks if isinstance(la, RECURRENT + (keras.layers.LayerNormalization,))]
         self.trained.append(self.head)
         self.variables = [tf.Variable(w) for layer in self.trained for w in layer.get_weights()]

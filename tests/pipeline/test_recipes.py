@@ -81,7 +81,8 @@ def cancelling():
     no activation grid, however fine (int16x8), brings the signal back; the kernel split
     into its grid values and the rest (``split_weights``) holds -199.4 to within 0.002."""
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((6, 2)), keras.layers.SimpleRNN(2), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential([keras.Input((6, 2)), keras.layers.SimpleRNN(2),
+                              keras.layers.Dense(1, activation="sigmoid")])
     model.layers[0].set_weights([np.array([[200.0, 0.4], [-199.4, 0.4]], np.float32),
                                  np.array([[0.3, 0.0], [0.0, 0.3]], np.float32), np.zeros(2, np.float32)])
     model.layers[1].set_weights([np.array([[3.0], [0.5]], np.float32), np.zeros(1, np.float32)])
