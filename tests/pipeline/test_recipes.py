@@ -155,3 +155,16 @@ def test_attribution_names_the_layer_where_per_tensor_scales_lose_the_signal(lop
     good = {r["layer"]: r for r in found[True]["layers"]}
     assert good[cell]["rel_error"] < layers[cell]["rel_error"] / 4
     assert all(0.0 <= r["clamped"] <= 1.0 and r["lsb"] >= 0 for r in found[True]["tensors"])
+
+
+def test_one_at_a_time_blames_the_kernel_and_split_kernels_remove_it(cancelling):
+    from pipeline import convert as conv
+    from pipeline.attribution import one_at_a_time, stream_windows
+
+    model, sp = cancelling
+    cal = conv.calibration_set(sp.X_train, load_config(quantize={"calibration_stream_steps": 120}).quantize)
+    streams = stream_windows(sp.X_test, 4, 120)
+    plain = one_at_a_time(model, cal, streams, bits=16)
+    assert plain["tensors"][0]["name"] == "0.W" and plain["tensors"][0]["removed"] > 0.9
+    split = one_at_a_time(model, cal, streams, bits=16, split=True)
+    assert split["all_rounded"]["rms"] < plain["all_rounded"]["rms"] / 20
