@@ -8,7 +8,7 @@ windows and over a 10,000-step stream with no reset, whether the model was fine-
 and the verdict. The bench's own bars close the table: int16x8 passes on every judgeable
 model, int8 on at least 90 % of them, the accuracy delta within 0.5 point on all.
 
-    python -m bench.quantbench [--cache build/quantbench] [--only NAME ...] [--fixed-recipe]
+    python -m bench.quantbench [--cache build/quantbench] [--only NAME ...] [--fixed-recipe] [--no-finetune]
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ VARIANTS = ("int16x8", "int8")
 FIXED_RECIPE = {"recipes": ["per_gate"], "search": "off"}  # one fixed recipe, no search
 
 
-def run_entry(entry: zoo.Entry, cache: Path, quantize: dict | None = None) -> dict:
+def run_entry(entry: zoo.Entry, cache: Path, quantize: dict | None = None, finetune: bool = True) -> dict:
     t0 = time.monotonic()
     model, sp = zoo.trained(entry, cache)
     cfg = zoo.build_config(entry, quantize)
-    # What `stepwise convert` does (fine-tuning on, unless the baseline is asked for).
-    finetune = entry.default_build_seed is None and quantize is None
+    # What `stepwise convert` does (fine-tuning on, unless the baseline or --no-finetune is asked for).
+    finetune = finetune and entry.default_build_seed is None and quantize is None
     result = package(model, sp, cfg, cache / "artifacts" / entry.name, None, t0, finetune=finetune)
     rows = {}
     for v, spec in result.contract.variants.items():
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: CACHE/quantbench.json)")
     ap.add_argument("--fixed-recipe", action="store_true",
                     help="quantize every model with the one fixed per-gate recipe (no search): the baseline")
+    ap.add_argument("--no-finetune", action="store_true",
+                    help="the recipe search without fine-tuning (what `stepwise convert --no-finetune` does)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log.info("%s ...", entry.name)
         try:
-            results.append(run_entry(entry, args.cache, FIXED_RECIPE if args.fixed_recipe else None))
+            results.append(run_entry(entry, args.cache, FIXED_RECIPE if args.fixed_recipe else None,
+                                     finetune=not args.no_finetune))
         except Exception as e:  # one model's failure is a result of the bench, not its end
             log.exception("%s failed", entry.name)
             results.append({"name": entry.name, "error": f"{type(e).__name__}: {e}"})

@@ -86,7 +86,8 @@ def _summarise(acc: dict[str, np.ndarray], meta: dict[str, tuple], top: int) -> 
     return {"tensors": rows[:top], "layers": list(layers.values())}
 
 
-def one_at_a_time(model, calibration, streams: np.ndarray, bits: int = 8, top: int = 8) -> dict | None:
+def one_at_a_time(model, calibration, streams: np.ndarray, bits: int = 8, top: int = 8,
+                  split: bool = False) -> dict | None:
     """How much of the simulated variant's output error each layer and each tensor causes:
     the step graph (``pipeline.quantsim.StepSim``; ``bits`` 8 for int8, 16 for int16x8)
     runs ``streams [k, S, F]`` from zero states with no reset (``stream_windows``: the
@@ -96,7 +97,8 @@ def one_at_a_time(model, calibration, streams: np.ndarray, bits: int = 8, top: i
     ``removed``: the share of the all-rounded RMS error that goes away (1: it causes all
     of it; about 0: it does not matter; negative: its rounding happened to cancel other
     errors). Ranges: the ones the converter calibrates on ``calibration``
-    (``pipeline.qat.calibrator``). None for a model the simulation does not cover."""
+    (``pipeline.qat.calibrator``); ``split``: kernels split as ``split_weights`` converts
+    them. None for a model the simulation does not cover."""
     import tensorflow as tf
 
     from pipeline.qat import calibrator, unroll
@@ -104,7 +106,7 @@ def one_at_a_time(model, calibration, streams: np.ndarray, bits: int = 8, top: i
 
     if not StepSim.supports(model):
         return None
-    sim = StepSim(model, bits)
+    sim = StepSim(model, bits, split)
     ranges = calibrator(sim)(calibration)
     points = list(dict.fromkeys(sim.points))
     data = tf.constant(np.asarray(streams, np.float32))

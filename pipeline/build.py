@@ -175,17 +175,24 @@ def _attribute(step: StepModel, sp: Split, stage: Path, contract: C.ModelContrac
     names = [(s.input, s.output, s.shape) for s in step.states]
     model, copy, cfg = sources
     for v, spec in contract.variants.items():
-        if v != "float32":
-            results[v]["attribution"] = attribute(float_blob, (stage / spec.file).read_bytes(), names,
-                                                  sp.X_test[:64])
-            if results[v]["status"] != "pass":
-                q = spec.quantization
-                kept = (q.get("finetune") or {}).get("kept") and copy is not None
-                factor = q.get("recipe", {}).get("settings", {}).get("stream_factor", 1)
-                qc = replace(cfg.quantize, calibration_stream_steps=cfg.quantize.calibration_stream_steps * factor)
-                results[v]["attribution"]["one_at_a_time"] = one_at_a_time(
-                    copy if kept else model, conv.calibration_set(sp.X_train, qc),
-                    stream_windows(sp.X_test, 8, ONE_AT_A_TIME_STEPS), 16 if v == "int16x8" else 8)
+        if v == "float32":
+            continue
+        q = spec.quantization
+        settings = q.get("recipe", {}).get("settings", {})
+        layout = settings.get("layout", cfg.quantize.cell_layout)
+        twin = float_blob
+        if layout != cfg.quantize.cell_layout:  # compare with a float twin of the same graph
+            with tempfile.TemporaryDirectory() as tmp:
+                twin = conv.convert(StepModel.from_keras(model, layout).save(Path(tmp) / "saved"), "float32", [])
+        results[v]["attribution"] = attribute(twin, (stage / spec.file).read_bytes(), names, sp.X_test[:64])
+        if results[v]["status"] != "pass":
+            kept = (q.get("finetune") or {}).get("kept") and copy is not None
+            qc = replace(cfg.quantize, calibration_stream_steps=cfg.quantize.calibration_stream_steps
+                         * settings.get("stream_factor", 1))
+            results[v]["attribution"]["one_at_a_time"] = one_at_a_time(
+                copy if kept else model, conv.calibration_set(sp.X_train, qc),
+                stream_windows(sp.X_test, 8, ONE_AT_A_TIME_STEPS), 16 if v == "int16x8" else 8,
+                split=layout.endswith("+split"))
     append_attribution(stage / "report", {v: f["attribution"] for v, f in results.items() if "attribution" in f})
 
 

@@ -79,8 +79,8 @@ class TrainConfig:
     class_weight_ratio: float = 1.5
     seed: int = 7
     verbose: int = 0
-    # Quantization-aware fine-tuning after the fit (LSTM stacks under a sigmoid/softmax Dense
-    # head; 0 epochs turns it off): pipeline.qat.quantization_aware_finetune. Its loss:
+    # Quantization-aware fine-tuning after the fit (LSTM/GRU/SimpleRNN stacks under a
+    # sigmoid/softmax Dense head; 0 epochs turns it off): pipeline.qat.quantization_aware_finetune. Its loss:
     # cross-entropy at each window's last step (+ qat_prefix_weight * its mean over the
     # earlier steps, which trains each prefix as an early prediction; off by default, since
     # it pulls prefixes that cannot tell the class yet onto the class boundary, where int8

@@ -57,8 +57,8 @@ class Rounding:
     each (the per-gate FULLY_CONNECTED outputs)."""
 
     def __init__(self, ranges: dict[str, tf.Tensor] | None, bits: int = 8,
-                 keep: dict[str, tf.Tensor] | None = None):
-        self.ranges, self.bits, self.keep = ranges, bits, keep
+                 keep: dict[str, tf.Tensor] | None = None, split: bool = False):
+        self.ranges, self.bits, self.keep, self.split = ranges, bits, keep, split
         self.values: dict[str, tuple[tf.Tensor, int]] = {}
         self.points: list[str] = []  # every name rounded, in graph order
 
@@ -87,7 +87,12 @@ class Rounding:
         return self._blend(name, v, fake_quant(v, *(FIXED16[bounds] if self.bits == 16 else bounds), self.bits))
 
     def weights(self, name: str, w: tf.Tensor) -> tf.Tensor:
-        return w if self.ranges is None else self._blend(name, w, fake_quant_weights(w))
+        """``w`` on its int8 per-channel grid; split (``cells.denser``): the grid values
+        plus the rest on its own int8 grid."""
+        if self.ranges is None:
+            return w
+        hi = fake_quant_weights(w)
+        return self._blend(name, w, hi + fake_quant_weights(w - hi) if self.split else hi)
 
     def stats(self) -> dict[str, tf.Tensor]:
         out = {}
@@ -104,11 +109,12 @@ def _tanh_sigmoid(layer) -> bool:
 
 class StepSim:
     """The step graph of a recurrent stack under a Dense head (``supports``) in float, or
-    rounded like the int8 (``bits=8``) or int16x8 (``bits=16``) variant."""
+    rounded like the int8 (``bits=8``) or int16x8 (``bits=16``) variant; ``split``: kernels
+    as the ``split_weights`` recipe converts them."""
 
-    def __init__(self, model: keras.Model, bits: int = 8):
+    def __init__(self, model: keras.Model, bits: int = 8, split: bool = False):
         *body, self.head = model.layers
-        self.bits = bits
+        self.bits, self.split = bits, split
         self.blocks: list[tuple[str, keras.layers.Layer]] = []  # (name prefix, layer)
         n = -1
         for layer in body:
@@ -119,7 +125,6 @@ class StepSim:
                 prefix += ".ln" if f"{prefix}.ln" not in dict(self.blocks) else f".ln{len(self.blocks)}"
             self.blocks.append((prefix, layer))
         self.recurrent = [la for _, la in self.blocks if isinstance(la, RECURRENT)]
-        self.lstms = self.recurrent  # the name the LSTM-only simulation used
         self.trained = [la for _, la in self.blocks if isinstance(la, RECURRENT + (keras.layers.LayerNormalization,))]
         self.trained.append(self.head)
         self.variables = [tf.Variable(w) for layer in self.trained for w in layer.get_weights()]
@@ -183,7 +188,7 @@ class StepSim:
         """One step ``x [B, F]`` -> (y, logits, new states, the recorded tensors); rounded
         with ``ranges`` (``converter_ranges``), except that a tensor or kernel (``0.W``) with
         ``keep[name]`` = 1 stays in float."""
-        q = Rounding(ranges, self.bits, keep)
+        q = Rounding(ranges, self.bits, keep, self.split)
         x, new, w, states = q("x", x), [], iter(self.variables), list(states)
         for prefix, layer in self.blocks:
             if isinstance(layer, keras.layers.LSTM):

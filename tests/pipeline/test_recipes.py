@@ -81,7 +81,8 @@ def cancelling():
     no activation grid, however fine (int16x8), brings the signal back; the kernel split
     into its grid values and the rest (``split_weights``) holds -199.4 to within 0.002."""
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((6, 2)), keras.layers.SimpleRNN(2), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential([keras.Input((6, 2)), keras.layers.SimpleRNN(2),
+                              keras.layers.Dense(1, activation="sigmoid")])
     model.layers[0].set_weights([np.array([[200.0, 0.4], [-199.4, 0.4]], np.float32),
                                  np.array([[0.3, 0.0], [0.0, 0.3]], np.float32), np.zeros(2, np.float32)])
     model.layers[1].set_weights([np.array([[3.0], [0.5]], np.float32), np.zeros(1, np.float32)])
@@ -154,3 +155,16 @@ def test_attribution_names_the_layer_where_per_tensor_scales_lose_the_signal(lop
     good = {r["layer"]: r for r in found[True]["layers"]}
     assert good[cell]["rel_error"] < layers[cell]["rel_error"] / 4
     assert all(0.0 <= r["clamped"] <= 1.0 and r["lsb"] >= 0 for r in found[True]["tensors"])
+
+
+def test_one_at_a_time_blames_the_kernel_and_split_kernels_remove_it(cancelling):
+    from pipeline import convert as conv
+    from pipeline.attribution import one_at_a_time, stream_windows
+
+    model, sp = cancelling
+    cal = conv.calibration_set(sp.X_train, load_config(quantize={"calibration_stream_steps": 120}).quantize)
+    streams = stream_windows(sp.X_test, 4, 120)
+    plain = one_at_a_time(model, cal, streams, bits=16)
+    assert plain["tensors"][0]["name"] == "0.W" and plain["tensors"][0]["removed"] > 0.9
+    split = one_at_a_time(model, cal, streams, bits=16, split=True)
+    assert split["all_rounded"]["rms"] < plain["all_rounded"]["rms"] / 20
