@@ -187,6 +187,15 @@ def keras_sequence_outputs(model: keras.Model, X: np.ndarray) -> np.ndarray:
     return np.concatenate(warm + [after], axis=1)
 
 
+def float64_twin(model: keras.Model) -> keras.Model:
+    """``model`` with every layer computing in float64 and the same weights: the exact
+    reference float32 rounding is measured against."""
+    twin = keras.models.clone_model(
+        model, clone_function=lambda layer: type(layer).from_config(layer.get_config() | {"dtype": "float64"}))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def _prefix_outputs(chain: Chain, X: np.ndarray) -> np.ndarray:
     x = tf.constant(X, tf.float32)
     for cl in chain.layers:

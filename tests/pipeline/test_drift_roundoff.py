@@ -1,6 +1,6 @@
 """The float32 drift bar knows the rounding noise a model amplifies over a long stream:
-a step model as far from Keras as Keras is from itself under one-ulp input changes is not
-a conversion error; one farther than that is."""
+a step model within a few times the distance of float32 Keras from float64 Keras is not a
+conversion error; one farther than that is."""
 from __future__ import annotations
 
 import keras
@@ -43,10 +43,12 @@ def _rnn(scale: float) -> keras.Model:
 
 
 def test_roundoff_sensitivity_is_larger_for_a_model_that_amplifies_rounding():
+    """Float32 against float64 Keras on a 2,000-step stream: a contractive SimpleRNN stays
+    within float32 rounding, one with its recurrent weights scaled up amplifies it."""
     stream = np.random.default_rng(1).normal(size=(1, 2000, 3)).astype(np.float32)
     figures = {}
     for scale in (0.3, 3.0):
         model = _rnn(scale)
         figures[scale] = roundoff_sensitivity(model, stream, keras_sequence_outputs(model, stream))
-    assert 0.0 < figures[0.3] < 1e-5
+    assert 0.0 < figures[0.3] < 1e-6
     assert figures[3.0] > 10 * figures[0.3]
