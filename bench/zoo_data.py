@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.realdata import datasets as realdata_datasets
 from pipeline.config import DataConfig
 from pipeline.data import synthetic
 from runtime.datafile import Sequences
@@ -58,18 +59,8 @@ def aeon_wheel(cache: Path) -> Path:
 
 def parse_ts(text: str) -> tuple[np.ndarray, list[str]]:
     """A ``.ts`` file of equal-length series: ``X [m, T, dims]`` and the class label per
-    series (the last ``:``-separated field of each data line)."""
-    lines = iter(text.splitlines())
-    for line in lines:
-        if line.strip().lower() == "@data":
-            break
-    series, labels = [], []
-    for line in lines:
-        if not line.strip() or line.startswith("#"):
-            continue
-        *dims, label = line.strip().split(":")
-        series.append(np.array([[float(v) for v in d.split(",")] for d in dims], np.float32).T)
-        labels.append(label.strip())
+    series (``bench.realdata.datasets.parse_ts``, stacked)."""
+    series, labels = realdata_datasets.parse_ts(text)
     return np.stack(series), labels
 
 

@@ -83,8 +83,6 @@ def test_equal_lengths_keep_full_length_arrays():
 
 
 def test_class_names_travel_into_the_split():
-    if "class_names" not in Sequences.__dataclass_fields__:
-        pytest.skip("runtime.datafile.Sequences has no class_names yet")
     sp = split(_seqs([6] * 30, np.arange(30) % 3, class_names=("idle", "shake", "tap")), DataConfig())
     assert sp.class_names == ("idle", "shake", "tap")
 

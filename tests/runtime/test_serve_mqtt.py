@@ -25,6 +25,7 @@ pytest.importorskip("prometheus_client")
 
 from runtime.engine import Engine  # noqa: E402
 from runtime.shard import shard_of  # noqa: E402
+from tests.needs import missing  # noqa: E402
 
 TIMEOUT = 30.0
 RESET = "window:7"
@@ -215,7 +216,7 @@ def test_broker_restart_reconnects_and_keeps_state(tiny_artifacts, broker, tmp_p
     from firmware_bridge.mqtt_clients import libmosquitto
 
     if client == "libmosquitto" and libmosquitto() is None:
-        pytest.skip("libmosquitto is not installed (it comes with mosquitto: make tools)")
+        missing("libmosquitto is not installed (it comes with mosquitto: make tools)")
     xs = samples(1, 6, seed=7)["s0"]
     d = Daemon(tiny_artifacts, broker, tmp_path / "state", "--mqtt-client", client)
     s = Sensors(broker)
