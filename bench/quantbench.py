@@ -57,6 +57,8 @@ def _finetuned(entry: zoo.Entry, q: dict) -> str:
         return "in build"
     ft = q.get("finetune") or {}
     if not ft.get("ran"):
+        if ft.get("why", "").startswith("plain quantization passes"):
+            return "not needed"
         return "no" if ft.get("why") == "turned off" or not ft else "n/a"
     return "yes" if ft.get("kept") else "tried, not kept"
 

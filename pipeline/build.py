@@ -27,6 +27,7 @@ from pipeline import micro
 from pipeline.artifacts import MODEL_FILE, TEST_DATA, load_keras_model
 from pipeline.config import BuildConfig, DataConfig, VerifyConfig
 from pipeline.data import Split, load_training_data, manifest_window, split
+from pipeline.finetune import Tuning
 from pipeline.stepmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, StepModel, keras_sequence_outputs
 from pipeline.train import TrainResult, save_history, train
 from pipeline.verify import verify_all
@@ -89,10 +90,8 @@ def package(model: keras.Model, sp: Split, cfg: BuildConfig, out: Path,
     _phase("building the one-step model")
     step = StepModel.from_keras(model, cfg.quantize.cell_layout)  # refuses unstreamable models first
     _check_step_parity(model, step, sp)
-    from pipeline.finetune import finetuned_copy
-
-    tuned = finetuned_copy(model, sp, cfg) if finetune and not sp.variable_length else \
-        (None, {"ran": False, "why": "turned off" if not finetune else "recordings of different lengths"})
+    tuned = Tuning(model, sp, cfg, None if finetune and not sp.variable_length else
+                   "turned off" if not finetune else "recordings of different lengths")
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
@@ -121,7 +120,7 @@ def _check_step_parity(model: keras.Model, step: StepModel, sp: Split) -> None:
 
 
 def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
-           trained: TrainResult | None, tuned: tuple) -> tuple[C.ModelContract, dict]:
+           trained: TrainResult | None, tuned: Tuning) -> tuple[C.ModelContract, dict]:
     model.save(stage / MODEL_FILE)
     (stage / "config.toml").write_text(cfg.to_toml())
     if trained is not None:
@@ -143,7 +142,7 @@ def _stage(model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
     failed_float = results["float32"]["failed"]
     if failed_float:
         raise VerificationError("float32 step model failed parity (a stepwise bug): " + "; ".join(failed_float))
-    _attribute(step, sp, stage, contract, results, (model, tuned[0], cfg))
+    _attribute(step, sp, stage, contract, results, (model, tuned.copies, cfg))
     variants = {v: replace(spec, verification=results[v], passed=results[v]["status"] == "pass")
                 for v, spec in contract.variants.items()}
     passed = [v for v in ("float32", "int16x8", "int8") if v in variants and variants[v].passed]
@@ -166,14 +165,14 @@ def _attribute(step: StepModel, sp: Split, stage: Path, contract: C.ModelContrac
     """Each quantized variant's error per tensor and layer (``pipeline.attribution``) on up
     to 64 test windows, into its verification figures and the report; for a variant that
     missed, also each layer and tensor kept in float one at a time in the simulation, on
-    the model it was quantized from (``sources``: the model, the fine-tuned copy or None,
-    the configuration)."""
+    the model it was quantized from (``sources``: the model, the fine-tuned copies per
+    variant, the configuration)."""
     from pipeline.attribution import attribute, one_at_a_time, stream_windows
     from pipeline.report import append_attribution
 
     float_blob = (stage / contract.variants["float32"].file).read_bytes()
     names = [(s.input, s.output, s.shape) for s in step.states]
-    model, copy, cfg = sources
+    model, copies, cfg = sources
     for v, spec in contract.variants.items():
         if v == "float32":
             continue
@@ -186,11 +185,10 @@ def _attribute(step: StepModel, sp: Split, stage: Path, contract: C.ModelContrac
                 twin = conv.convert(StepModel.from_keras(model, layout).save(Path(tmp) / "saved"), "float32", [])
         results[v]["attribution"] = attribute(twin, (stage / spec.file).read_bytes(), names, sp.X_test[:64])
         if results[v]["status"] != "pass":
-            kept = (q.get("finetune") or {}).get("kept") and copy is not None
             qc = replace(cfg.quantize, calibration_stream_steps=cfg.quantize.calibration_stream_steps
                          * settings.get("stream_factor", 1))
             results[v]["attribution"]["one_at_a_time"] = one_at_a_time(
-                copy if kept else model, conv.calibration_set(sp.X_train, qc),
+                copies.get(v, model), conv.calibration_set(sp.X_train, qc),
                 stream_windows(sp.X_test, 8, ONE_AT_A_TIME_STEPS), 16 if v == "int16x8" else 8,
                 split=layout.endswith("+split"))
     append_attribution(stage / "report", {v: f["attribution"] for v, f in results.items() if "attribution" in f})
@@ -212,24 +210,21 @@ def _micro_check(contract: C.ModelContract, stage: Path, sp: Split, cfg: VerifyC
 
 
 def _convert_variants(model: keras.Model, step: StepModel, sp: Split, cfg: BuildConfig, stage: Path,
-                      tuned: tuple) -> dict[str, C.VariantSpec]:
+                      tuned: Tuning) -> dict[str, C.VariantSpec]:
     """float32 from ``step`` as it is; each quantized variant by its recipe search, from
-    ``model`` or from the fine-tuned copy ``tuned[0]`` (``pipeline.finetune.choose``)."""
+    ``model`` or from a copy fine-tuned for it (``pipeline.finetune.Tuning``)."""
     from pipeline import recipes
-    from pipeline.finetune import choose
 
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:
         plain = recipes.Search(model, sp, cfg, Path(tmp) / "plain")
-        copy = None if tuned[0] is None else recipes.Search(model, sp, cfg, Path(tmp) / "tuned", tuned[0])
         for v in cfg.quantize.variants:
             t = time.monotonic()
             extra = {}
             if v == "float32":
                 blob = conv.convert(step.save(Path(tmp) / "saved_float32"), v, [])
             else:
-                found = recipes.search(plain, v)  # the copy is quantized with the recipe kept for the model
-                blob, recipe, ft = choose(found, copy and recipes.search(copy, v, only=found[1]["name"]), tuned[1])
+                blob, recipe, ft = tuned.quantize(plain, v, Path(tmp))
                 extra = {"recipe": recipe, "finetune": ft}
             name = f"step_{v}.tflite"
             (stage / name).write_bytes(blob)

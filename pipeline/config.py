@@ -89,9 +89,13 @@ class TrainConfig:
     # batch, restarting from zero every qat_stream_restart batches); + qat_penalty *
     # (squared excess of cell states over +-qat_state_bound and of logits over
     # +-qat_logit_bound) + qat_margin_weight * (squared shortfall of logits within
-    # qat_margin of the class boundary).
+    # qat_margin of the class boundary). For a model trained elsewhere (`stepwise convert`)
+    # the loss is distillation from that model instead, at qat_distill_learning_rate
+    # (bench.qat_sweep: 0.002 made a SimpleRNN's simulated int8 worse, 0.0005 halved its
+    # error).
     qat_epochs: int = 30
     qat_learning_rate: float = 0.002
+    qat_distill_learning_rate: float = 0.0005
     qat_prefix_weight: float = 0.0
     qat_consistency: float = 3000.0
     qat_penalty: float = 1.0
@@ -249,7 +253,7 @@ def _validate(cfg: BuildConfig) -> None:
         raise ConfigError("[train] plateau_factor and min_lr_ratio must be in (0, 1], clipnorm positive, "
                           "patience, plateau_patience and min_batches >= 1, warmup_epochs and "
                           "class_weight_ratio >= 0")
-    positive = ("qat_learning_rate", "qat_streams", "qat_stream_steps", "qat_stream_restart",
+    positive = ("qat_learning_rate", "qat_distill_learning_rate", "qat_streams", "qat_stream_steps", "qat_stream_restart",
                 "qat_state_bound", "qat_logit_bound")
     non_negative = ("qat_epochs", "qat_prefix_weight", "qat_consistency", "qat_penalty", "qat_margin",
                     "qat_margin_weight")

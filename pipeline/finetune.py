@@ -1,14 +1,17 @@
 """Fine-tuning a model trained elsewhere for its quantized variants (``stepwise convert``).
 
-A copy of the user's model is fine-tuned through its simulated integer step graph
-(``pipeline.qat``); the user's model itself is never changed and stays the float32
-variant and the reference every variant is verified against. Each quantized variant then
-takes the copy only where the copy's best recipe misses fewer bars on the validation
-split than plain post-training quantization of the user's model (``build``).
+Where plain post-training quantization of the user's model misses a bar on the
+validation split, a copy of the model is fine-tuned for that variant through its
+simulated integer step graph (``pipeline.qat``: int8, or int16x8, with the kernels as the
+kept recipe converts them), distilled from the user's model. The user's model itself is
+never changed and stays the float32 variant and the reference every variant is verified
+against. The variant takes the copy only where the copy, quantized with the recipe kept
+for the model, misses fewer bars on the validation split (``choose``).
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import keras
 
@@ -18,9 +21,11 @@ from pipeline.data import Split
 log = logging.getLogger(__name__)
 
 
-def finetuned_copy(model: keras.Model, sp: Split, cfg: BuildConfig) -> tuple[keras.Model | None, dict]:
-    """The fine-tuned copy (None when fine-tuning does not apply or changed nothing) and a
-    record of what happened."""
+def finetuned_copy(model: keras.Model, sp: Split, cfg: BuildConfig, variant: str = "int8",
+                   split: bool = False) -> tuple[keras.Model | None, dict]:
+    """The copy fine-tuned for ``variant`` (None when fine-tuning does not apply or changed
+    nothing) and a record of what happened; ``split``: the kernels as the ``split_weights``
+    recipe converts them."""
     from pipeline.convert import calibration_set
     from pipeline.qat import quantization_aware_finetune
     from pipeline.quantsim import StepSim
@@ -33,10 +38,12 @@ def finetuned_copy(model: keras.Model, sp: Split, cfg: BuildConfig) -> tuple[ker
                                            "between) under a sigmoid/softmax Dense head"}
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    result = quantization_aware_finetune(copy, sp, cfg.train, calibration_set(sp.X_train, cfg.quantize))
+    bits = 16 if variant == "int16x8" else 8
+    result = quantization_aware_finetune(copy, sp, cfg.train, calibration_set(sp.X_train, cfg.quantize),
+                                         teacher=model, bits=bits, split=split)
     summary = result["summary"]
     if not summary["kept"]:
-        return None, {"ran": True, "why": "the simulated int8 model did not get better", "simulation": summary}
+        return None, {"ran": True, "why": f"the simulated {variant} model did not get better", "simulation": summary}
     return copy, {"ran": True, "simulation": summary}
 
 
@@ -52,3 +59,35 @@ def choose(plain: tuple[bytes, dict], tuned: tuple[bytes, dict] | None, info: di
     log.info("fine-tuned copy %s: %d bars missed on validation, plain quantization %d",
              "kept" if kept else "not kept", tuned[1]["missed"], plain[1]["missed"])
     return (*tuned, record) if kept else (*plain, record)
+
+
+class Tuning:
+    """Each quantized variant by the recipe search on the user's model, and where that
+    misses a bar on validation, by the same recipe on a copy fine-tuned for the variant
+    (``choose`` decides); ``why_off``: why no fine-tuning runs at all (None: it may).
+    ``copies`` holds, per variant, the copy it was quantized from where one was kept."""
+
+    def __init__(self, model: keras.Model, sp: Split, cfg: BuildConfig, why_off: str | None):
+        self.model, self.sp, self.cfg, self.why_off = model, sp, cfg, why_off
+        self.copies: dict[str, keras.Model] = {}
+
+    def quantize(self, plain, variant: str, workdir: Path) -> tuple[bytes, dict, dict]:
+        """``plain``: the ``recipes.Search`` of the user's model -> (flatbuffer, recipe
+        record, the manifest's ``finetune`` record)."""
+        from pipeline import recipes
+
+        found = recipes.search(plain, variant)
+        if self.why_off is not None:
+            return *found, {"ran": False, "why": self.why_off, "kept": False}
+        if found[1]["missed"] == 0:
+            return *found, {"ran": False, "why": "plain quantization passes on the validation split", "kept": False}
+        copy, info = finetuned_copy(self.model, self.sp, self.cfg, variant,
+                                    split=found[1]["settings"]["layout"].endswith("+split"))
+        tuned = None
+        if copy is not None:
+            search = recipes.Search(self.model, self.sp, self.cfg, workdir / f"tuned-{variant}", copy)
+            tuned = recipes.search(search, variant, only=found[1]["name"])
+        blob, recipe, record = choose(found, tuned, info)
+        if record["kept"]:
+            self.copies[variant] = copy
+        return blob, recipe, record

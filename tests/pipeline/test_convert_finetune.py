@@ -59,8 +59,12 @@ def _convert(d, out, *flags, model="user.keras"):
 @pytest.mark.parametrize("file", ["user.keras", "user_gru.keras"])
 def test_finetuned_conversion_keeps_the_users_model_as_float32(user_model, tmp_path, file):
     manifest, output = _convert(user_model, tmp_path / "ft", model=file)
-    ft = manifest["variants"]["int8"]["quantization"]["finetune"]
-    assert ft["ran"] is True and "simulation" in ft
+    q = manifest["variants"]["int8"]["quantization"]
+    ft = q["finetune"]
+    if q["recipe"]["missed"] == 0 and not ft.get("kept"):  # plain int8 passes on validation: nothing to tune
+        assert ft == {"ran": False, "why": "plain quantization passes on the validation split", "kept": False}
+    else:
+        assert ft["ran"] is True and ft["simulation"]["bits"] == 8
     if "plain_missed" in ft:  # the copy changed: kept exactly when it misses fewer bars
         assert ft["kept"] == (ft["finetuned_missed"] < ft["plain_missed"])
     else:  # the simulation found no gain: nothing to compare, plain quantization
@@ -98,3 +102,26 @@ def test_no_finetune_turns_it_off_and_unsupported_models_are_left_alone(user_mod
     assert result.exit_code == 0, result.output
     ft = json.loads((tmp_path / "gru" / "manifest.json").read_text())["variants"]["int8"]["quantization"]["finetune"]
     assert ft == {"ran": False, "why": "turned off", "kept": False}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_variant_is_fine_tuned_for_its_own_grid_only_where_plain_quantization_misses(user_model, tmp_path,
+                                                                                      strict):
+    from pipeline import recipes
+    from pipeline.finetune import Tuning
+
+    cfg = load_config(user_model / "small.toml", verify={"int16x8_p99": 1e-6 if strict else 0.5,
+                                                         "int16x8_agreement": 0.5})
+    sp = split(synthetic(cfg.data), cfg.data, normalise=False)
+    user = keras.models.load_model(user_model / "user_gru.keras", compile=False)
+    before = [w.copy() for w in user.get_weights()]
+    tuning = Tuning(user, sp, cfg, None)
+    blob, recipe, ft = tuning.quantize(recipes.Search(user, sp, cfg, tmp_path / "plain"), "int16x8", tmp_path)
+    assert blob[4:8] == b"TFL3"
+    if strict:  # p99 under 1e-6 is out of reach: the copy is fine-tuned on the int16 grid
+        assert recipe["missed"] > 0 and ft["ran"] is True and ft["simulation"]["bits"] == 16
+        assert ft["kept"] == ("int16x8" in tuning.copies)
+    else:
+        assert ft == {"ran": False, "why": "plain quantization passes on the validation split", "kept": False}
+        assert recipe["missed"] == 0 and not tuning.copies
+    assert all(np.array_equal(a, b) for a, b in zip(user.get_weights(), before))

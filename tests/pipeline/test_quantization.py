@@ -15,7 +15,7 @@ from pipeline import convert as conv
 from pipeline.config import load_config
 from pipeline.data import split, synthetic
 from pipeline.stepmodel import SIGNATURE_KEY, StepModel, keras_sequence_outputs
-from pipeline.qat import quantization_aware_finetune
+from pipeline.qat import quantization_aware_finetune, rounded_figures
 from pipeline.quantsim import StepSim, fake_quant
 from pipeline.train import train
 from runtime.contract import load_contract
@@ -226,6 +226,36 @@ def test_quantization_aware_finetuning_is_kept_only_when_it_helps(small, tmp_pat
     # Still a plain Keras model that the float step model rebuilds exactly.
     ys, _, _ = StepModel.from_keras(tuned).rollout(sp.X_test[:32])
     np.testing.assert_allclose(ys, keras_sequence_outputs(tuned, sp.X_test[:32]), atol=1e-5)
+
+
+def test_distillation_follows_the_teacher_which_stays_as_it_was(small):
+    cfg, sp, model = small
+    before = [w.copy() for w in model.get_weights()]
+    tuned = _copy(model)
+    qat = dataclasses.replace(cfg.train, qat_epochs=3, qat_stream_steps=14, qat_streams=4)
+    result = quantization_aware_finetune(tuned, sp, qat, teacher=model, bits=16)
+    summary = result["summary"]
+    assert summary["bits"] == 16 and "distilled from the model as given" in summary["method"]
+    # "task" is the float copy's distance from the teacher: zero before the first step moves it.
+    assert 0.0 < result["history"]["qat_task_loss"][0] < 1e-2
+    if summary["kept"]:
+        assert summary["validation_after"]["score"] < summary["validation_before"]["score"]
+        assert any(not np.array_equal(a, b) for a, b in zip(tuned.get_weights(), before))
+    else:
+        assert all(np.array_equal(a, b) for a, b in zip(tuned.get_weights(), before))
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before))  # the teacher is frozen
+
+
+def test_rounded_figures_use_the_bars_of_the_variant():
+    yf = np.full((4, 500, 1), 0.9)
+    yq = yf.copy()
+    yq[0, 0, 0] = 0.7  # one step in 2,000 is 0.2 off, on the same side of 0.5: p99 stays 0
+    f8, f16 = rounded_figures(yf, yq, yf, yf), rounded_figures(yf, yq, yf, yf, bits=16)
+    assert f8["windows_max"] == pytest.approx(0.2) and f8["windows_p99"] == 0.0
+    assert f8["score"] == pytest.approx(0.2 / 0.10)  # int8 has a max bar
+    assert f16["score"] == 0.0  # int16x8 has none
+    yf[1, :3, 0], yq[1, :3, 0] = 0.505, 0.495  # 3 flips in 2,000: 0.15 % disagreement
+    assert rounded_figures(yf, yq, yf, yf, bits=16)["score"] == pytest.approx(0.0015 / 0.001)
 
 
 def test_finetuning_skips_architectures_it_does_not_simulate(small):
