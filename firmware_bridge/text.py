@@ -3,8 +3,9 @@
 What an Arduino ``Serial.println`` sketch sends: one sample per line, values separated
 by any run of commas, spaces or tabs (``0.1,0.2,0.3``), or ``name:value`` pairs in any
 order (``ax:0.1 ay:0.2 az:0.3``). A header line naming every feature once
-(``az,ax,ay``) sets the column order of the plain lines that follow. Lines starting
-with ``#`` are comments, except ``#reset``, which starts a new sequence. Blank lines
+(``az,ax,ay``) sets the column order of the plain lines that follow; other names in it
+(``millis,ax,ay,az``) are numeric columns those lines carry and the parser skips. Lines
+starting with ``#`` are comments, except ``#reset``, which starts a new sequence. Blank lines
 are ignored.
 
 ``TextParser.parse_line(line)`` takes one line without its ``\\n`` (a trailing ``\\r``
@@ -59,8 +60,9 @@ Event = Union[Sample, Reset, Header, Comment]
 class TextParser:
     """Parses text lines for a model whose input features are ``feature_names``.
 
-    Stateful only in the column order, which a header line changes; until then the
-    columns are in manifest order.
+    Stateful only in the columns, which a header line changes; until then they are the
+    features in manifest order. ``order``: per column, the feature it holds (-1: a
+    column the header named that is no feature, skipped).
     """
 
     feature_names: Sequence[str]
@@ -75,7 +77,7 @@ class TextParser:
             raise ValueError(f"duplicate feature names: {self.feature_names}")
         self._index = {name: i for i, name in enumerate(self.feature_names)}
         self.order = tuple(range(len(self.feature_names)))
-        self._permutation: list[int] | None = None  # self.order, when a header changed it
+        self._permutation: list[int] | None = None  # per feature its column, when a header changed them
 
     @property
     def features(self) -> int:
@@ -96,7 +98,7 @@ class TextParser:
         where the general path must decide (no number, another field count, a value
         beyond float32)."""
         tokens = body.replace(b",", b" ").split()
-        if len(tokens) != len(self.feature_names):
+        if len(tokens) != len(self.order):
             return None
         try:
             values = [float(t) for t in tokens]
@@ -107,9 +109,7 @@ class TextParser:
                 return None
         if self._permutation is None:
             return np.array(values, np.float32)
-        out = np.empty(len(values), np.float32)
-        out[self._permutation] = values
-        return out
+        return np.array([values[c] for c in self._permutation], np.float32)
 
     def parse_text(self, line: bytes, received: float = 0.0) -> Optional[Event]:
         """``parse_line`` without its shortcut for plain numeric lines (same results)."""
@@ -136,11 +136,12 @@ class TextParser:
         return self._header_or_reject(tokens)
 
     def _columns(self, tokens: list[str]) -> np.ndarray:
-        if len(tokens) != self.features:
-            raise FrameError("field_count", f"{len(tokens)} values, expected {self.features}")
+        if len(tokens) != len(self.order):
+            raise FrameError("field_count", f"{len(tokens)} values, expected {len(self.order)}")
         values = np.empty(self.features, dtype=np.float64)
-        for column, token in zip(self.order, tokens):
-            values[column] = float(token)
+        for feature, token in zip(self.order, tokens):
+            if feature >= 0:
+                values[feature] = float(token)
         return _finite32(values)
 
     def _pairs(self, tokens: list[str]) -> np.ndarray:
@@ -162,15 +163,18 @@ class TextParser:
         return _finite32(values)
 
     def _header_or_reject(self, tokens: list[str]) -> Header:
-        """Tokens that are not all numbers: a header, or the reason they are rejected."""
-        if all(t in self._index for t in tokens):
-            if len(tokens) != self.features or len(set(tokens)) != len(tokens):
-                missing = [n for n in self.feature_names if n not in tokens]
-                twice = sorted({t for t in tokens if tokens.count(t) > 1})
+        """Tokens that are not all numbers: a header (every token a name, at least one of
+        them a feature), or the reason they are rejected."""
+        if any(t in self._index for t in tokens) and not any(
+                _as_number(t) is not None or _is_non_finite(t) for t in tokens):
+            missing = [n for n in self.feature_names if n not in tokens]
+            twice = sorted({t for t in tokens if tokens.count(t) > 1})
+            if missing or twice:
                 raise FrameError("field_count", f"header lacks {', '.join(missing)}" if missing
                                  else f"header names {', '.join(twice)} twice")
-            self.order = tuple(self._index[t] for t in tokens)
-            self._permutation = None if self.order == tuple(range(self.features)) else list(self.order)
+            self.order = tuple(self._index.get(t, -1) for t in tokens)
+            plain = self.order == tuple(range(self.features))
+            self._permutation = None if plain else [tokens.index(n) for n in self.feature_names]
             return Header(tuple(tokens))
         finite_or_not = [t for t in tokens if not _is_non_finite(t)]
         for token in finite_or_not:

@@ -50,8 +50,25 @@ def test_header_sets_column_order_until_the_next_header(parser):
     assert values_of(parser.parse_line(b"2 1 3")) == [1.0, 2.0, 3.0]
 
 
+def test_header_columns_that_are_no_feature_are_skipped(parser):
+    assert parser.parse_line(b"millis,az,ax,ay,temp") == Header(("millis", "az", "ax", "ay", "temp"))
+    assert parser.order == (-1, 2, 0, 1, -1)
+    assert values_of(parser.parse_line(b"1200,3,1,2,21.5")) == [1.0, 2.0, 3.0]  # the numeric shortcut
+    assert values_of(parser.parse_text(b"1200 3 1 2 21.5")) == [1.0, 2.0, 3.0]  # the general path
+    with pytest.raises(FrameError) as e:
+        parser.parse_line(b"3,1,2")
+    assert (e.value.reason, e.value.detail) == ("field_count", "3 values, expected 5")
+    with pytest.raises(FrameError) as e:
+        parser.parse_line(b"1200,3,1,2,warm")  # a skipped column still holds a number
+    assert e.value.reason == "not_numeric"
+    assert values_of(parser.parse_line(b"ax:1 ay:2 az:3")) == [1.0, 2.0, 3.0]
+    assert parser.parse_line(b"ax,ay,az") == Header(("ax", "ay", "az")) and parser.order == (0, 1, 2)
+    assert values_of(parser.parse_line(b"1,2,3")) == [1.0, 2.0, 3.0]
+
+
 @pytest.mark.parametrize("line, detail", [(b"ax,ay", "header lacks az"), (b"ax,ay,az,ax", "header names ax twice"),
-                                          (b"ax,ax,ay", "header lacks az")])
+                                          (b"ax,ax,ay", "header lacks az"), (b"t,ax,ay", "header lacks az"),
+                                          (b"t,ax,ay,az,t", "header names t twice")])
 def test_header_must_name_every_feature_once(parser, line, detail):
     with pytest.raises(FrameError) as e:
         parser.parse_line(line)

@@ -178,11 +178,12 @@ def test_name_value_fields_and_reordered_headers_map_to_features_by_name(tiny_ar
     plain = b"".join(b"%r,%r,%r\n" % r for r in rows)
     pairs = b"".join(b"az:%r ax:%r ay:%r\n" % (r[2], r[0], r[1]) for r in rows)
     header = b"az,ax,ay\n" + b"".join(b"%r %r %r\n" % (r[2], r[0], r[1]) for r in rows)
+    millis = b"millis,az,ax,ay\n" + b"".join(b"%d,%r,%r,%r\n" % (20 * i, r[2], r[0], r[1]) for i, r in enumerate(rows))
     port = Port(tmp_path / "ttyDEVICE")
     d = Serve(tiny_artifacts, port.path, tmp_path / "state")
-    port.send(b"\n" + plain + b"#reset\n" + pairs + b"ax:1 ay:2\n#reset\n" + header)
-    d.wait_records(15)
+    port.send(b"\n" + plain + b"#reset\n" + pairs + b"ax:1 ay:2\n#reset\n" + header + b"#reset\n" + millis)
+    d.wait_records(20)
     assert d.stop() == 0
     ys = [r["y"] for r in d.records]
-    assert ys[:5] == ys[5:10] == ys[10:15]
+    assert ys[:5] == ys[5:10] == ys[10:15] == ys[15:20]  # a column the header names and no feature is skipped
     assert counters(d, "checkpoint written; ")["rejected_field_count"] == 1  # "az" missing
