@@ -86,8 +86,9 @@ def build_cmd(data: str | None, config_path: Path | None, out: Path, **data_opti
 @_config
 @_out
 @click.option("--finetune/--no-finetune", default=True, show_default=True,
-              help="Also try a copy fine-tuned through the simulated integer step graph for the "
-                   "quantized variants (kept only where it passes more bars on validation data).")
+              help="Where a quantized variant misses on validation data, also try a copy fine-tuned "
+                   "for it through its simulated integer step graph, distilled from the model (kept "
+                   "only where it passes more bars on validation data).")
 @_data_options
 def convert_cmd(model: str, data: str, config_path: Path | None, out: Path, finetune: bool,
                 **data_options) -> None:
