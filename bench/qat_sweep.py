@@ -14,10 +14,9 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import keras
-
 from bench import zoo
 from pipeline.convert import calibration_set
+from pipeline.finetune import copy_model
 from pipeline.qat import quantization_aware_finetune
 
 
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             for epochs in args.epochs:
                 for cons in args.consistency:
                     for restart in args.restart:
-                        copy = keras.models.clone_model(model)
-                        copy.set_weights(model.get_weights())
+                        copy = copy_model(model)
                         tc = dataclasses.replace(cfg.train, qat_distill_learning_rate=lr, qat_epochs=epochs,
                                                  qat_consistency=cons, qat_stream_restart=restart)
                         s = quantization_aware_finetune(copy, sp, tc, calibration_set(sp.X_train, cfg.quantize),

@@ -36,8 +36,7 @@ def finetuned_copy(model: keras.Model, sp: Split, cfg: BuildConfig, variant: str
         return None, {"ran": False, "why": "the simulated step graph covers LSTM, GRU and SimpleRNN stacks "
                                            "(Normalization first; Dropout, LayerNormalization and LeakyReLU "
                                            "between) under a sigmoid/softmax Dense head"}
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = copy_model(model)
     bits = 16 if variant == "int16x8" else 8
     result = quantization_aware_finetune(copy, sp, cfg.train, calibration_set(sp.X_train, cfg.quantize),
                                          teacher=model, bits=bits, split=split)
@@ -45,6 +44,14 @@ def finetuned_copy(model: keras.Model, sp: Split, cfg: BuildConfig, variant: str
     if not summary["kept"]:
         return None, {"ran": True, "why": f"the simulated {variant} model did not get better", "simulation": summary}
     return copy, {"ran": True, "simulation": summary}
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with its own weights that computes what it computes
+    (``stepmodel.with_weights_of``: an adapted Normalization layer included)."""
+    from pipeline.stepmodel import with_weights_of
+
+    return with_weights_of(keras.models.clone_model(model), model)
 
 
 def choose(plain: tuple[bytes, dict], tuned: tuple[bytes, dict] | None, info: dict) -> tuple[bytes, dict, dict]:

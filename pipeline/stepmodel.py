@@ -192,7 +192,17 @@ def float64_twin(model: keras.Model) -> keras.Model:
     reference float32 rounding is measured against."""
     twin = keras.models.clone_model(
         model, clone_function=lambda layer: type(layer).from_config(layer.get_config() | {"dtype": "float64"}))
+    return with_weights_of(twin, model)
+
+
+def with_weights_of(twin: keras.Model, model: keras.Model) -> keras.Model:
+    """``twin`` (a clone of ``model``) given ``model``'s weights, so that it computes what
+    ``model`` computes. ``set_weights`` alone leaves an adapted Normalization layer at mean
+    0, variance 1 (it recomputes them only in ``finalize_state``)."""
     twin.set_weights(model.get_weights())
+    for layer in twin.layers:
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
     return twin
 
 

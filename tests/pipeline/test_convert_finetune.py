@@ -125,3 +125,21 @@ def test_a_variant_is_fine_tuned_for_its_own_grid_only_where_plain_quantization_
         assert ft == {"ran": False, "why": "plain quantization passes on the validation split", "kept": False}
         assert recipe["missed"] == 0 and not tuning.copies
     assert all(np.array_equal(a, b) for a, b in zip(user.get_weights(), before))
+
+
+def test_copies_of_a_model_with_an_adapted_normalization_compute_the_same():
+    from pipeline.finetune import copy_model
+    from pipeline.stepmodel import float64_twin
+
+    X = np.random.default_rng(4).normal(3.0, 5.0, (16, 7, 3)).astype(np.float32)
+    norm = keras.layers.Normalization(axis=-1)
+    norm.adapt(X.reshape(-1, 3))
+    model = keras.Sequential([keras.Input((7, 3)), norm, keras.layers.GRU(4),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    expected = model.predict(X, verbose=0)
+    copy = copy_model(model)
+    np.testing.assert_allclose(copy.predict(X, verbose=0), expected, atol=1e-6)
+    np.testing.assert_allclose(float64_twin(model).predict(X.astype(np.float64), verbose=0), expected, atol=1e-5)
+    copy.layers[1].set_weights([w + 1.0 for w in copy.layers[1].get_weights()])  # the copy's weights are its own
+    assert not np.allclose(copy.predict(X, verbose=0), expected, atol=1e-3)
+    np.testing.assert_array_equal(model.predict(X, verbose=0), expected)
