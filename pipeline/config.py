@@ -253,8 +253,8 @@ def _validate(cfg: BuildConfig) -> None:
         raise ConfigError("[train] plateau_factor and min_lr_ratio must be in (0, 1], clipnorm positive, "
                           "patience, plateau_patience and min_batches >= 1, warmup_epochs and "
                           "class_weight_ratio >= 0")
-    positive = ("qat_learning_rate", "qat_distill_learning_rate", "qat_streams", "qat_stream_steps", "qat_stream_restart",
-                "qat_state_bound", "qat_logit_bound")
+    positive = ("qat_learning_rate", "qat_distill_learning_rate", "qat_streams", "qat_stream_steps",
+                "qat_stream_restart", "qat_state_bound", "qat_logit_bound")
     non_negative = ("qat_epochs", "qat_prefix_weight", "qat_consistency", "qat_penalty", "qat_margin",
                     "qat_margin_weight")
     rules = {**dict.fromkeys(positive, (operator.gt, "positive")),

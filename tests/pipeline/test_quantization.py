@@ -269,7 +269,8 @@ def test_finetuning_skips_architectures_it_does_not_simulate(small):
 
 
 @pytest.mark.parametrize("bad", [{"qat_epochs": -1}, {"qat_state_bound": 0.0}, {"qat_margin": -0.1},
-                                 {"qat_stream_steps": 0}, {"qat_consistency": float("nan")}])
+                                 {"qat_stream_steps": 0}, {"qat_consistency": float("nan")},
+                                 {"qat_distill_learning_rate": 0.0}])
 def test_bad_finetuning_settings_are_refused_by_name(bad):
     (name,) = bad
     with pytest.raises(ConfigError, match=rf"\[train\] {name} must be"):
