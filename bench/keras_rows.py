@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench.timing import time_calls
+from pipeline.stepmodel import with_weights_of
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def stateful_copy(model: keras.Model) -> keras.Model:
             config["stateful"] = True
         x = type(layer).from_config(config)(x)
     copy = keras.Model(inp, x, name="stateful_copy")
-    copy.set_weights(model.get_weights())
+    with_weights_of(copy, model)
     return copy
 
 
@@ -63,7 +64,7 @@ def return_state_copy(model: keras.Model) -> tuple[keras.Model, list[tuple[int, 
         outputs += new
         x = seq if layer.return_sequences else seq[:, -1, :]
     copy = keras.Model(inputs, [x, *outputs], name="return_state_copy")
-    copy.set_weights(model.get_weights())
+    with_weights_of(copy, model)
     return copy, [tuple(s.shape[1:]) for s in inputs[1:]]
 
 

@@ -14,6 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 from pipeline import convert as conv
 from pipeline.config import load_config
 from pipeline.data import split, synthetic
+from pipeline.finetune import copy_model
 from pipeline.stepmodel import SIGNATURE_KEY, StepModel, keras_sequence_outputs
 from pipeline.qat import quantization_aware_finetune, rounded_figures
 from pipeline.quantsim import StepSim, fake_quant
@@ -32,9 +33,7 @@ def small():
 
 
 def _copy(model: keras.Model) -> keras.Model:
-    twin = keras.models.clone_model(model)
-    twin.set_weights(model.get_weights())
-    return twin
+    return copy_model(model)
 
 
 def _int8_errors(model: keras.Model, sp, tmp_path) -> dict[str, float]:
